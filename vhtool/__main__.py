@@ -1,0 +1,3 @@
+from vhtool.cli.app import main
+
+main()

@@ -1,0 +1,178 @@
+"""Moving weight bytes without Python memory: kernel copies, reflinks, links, and hashing alongside.
+
+The copy runs in the kernel (``os.copy_file_range``, which also reflinks on filesystems that can);
+the sha256 is computed by a second thread reading the same bytes from the page cache, so copying
+and hashing overlap on two cores and no chunk is read twice by Python.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vhtool.errors import InputError, OperationError
+
+LINK_MODES = ("auto", "copy", "reflink", "hardlink", "symlink")
+_FICLONE = 0x40049409
+_CHUNK = 64 * 1024 * 1024
+_HASH_CHUNK = 8 * 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A weight file as written: relative name, size, sha256 (None when linked and not hashed), how."""
+
+    name: str
+    size: int
+    sha256: str | None
+    how: str
+
+
+def hash_file(path: Path, *, start: int = 0, length: int | None = None, h: hashlib._Hash | None = None) -> str:
+    """sha256 of ``length`` bytes of ``path`` from ``start`` (whole file by default), in constant memory."""
+    h = h or hashlib.sha256()
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        remaining = length if length is not None else os.fstat(fh.fileno()).st_size - start
+        while remaining > 0:
+            n = fh.readinto(view[: min(len(buf), remaining)])
+            if not n:
+                raise OperationError(f"{path}: file shrank while being read.")
+            h.update(view[:n])
+            remaining -= n
+    return h.hexdigest()
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int, progress: Progress | None) -> None:
+    remaining = length
+    while remaining > 0:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(remaining, _CHUNK), src_off, dst_off)
+        except OSError as exc:
+            if exc.errno in (18, 38, 95, 22):  # EXDEV, ENOSYS, EOPNOTSUPP, EINVAL: fall back to sendfile
+                os.lseek(dst_fd, dst_off, os.SEEK_SET)
+                n = os.sendfile(dst_fd, src_fd, src_off, min(remaining, _CHUNK))
+            else:
+                raise
+        if n == 0:
+            raise OperationError("source file shrank during the copy.")
+        src_off += n
+        dst_off += n
+        remaining -= n
+        if progress:
+            progress(n)
+
+
+def copy_range_hashed(
+    src: Path,
+    dst_fd: int,
+    *,
+    src_offset: int,
+    dst_offset: int,
+    length: int,
+    hasher: hashlib._Hash | None,
+    progress: Progress | None = None,
+) -> None:
+    """Copies ``length`` bytes of ``src`` into ``dst_fd`` in the kernel while ``hasher`` reads them on another thread."""
+    error: list[BaseException] = []
+
+    def _hash() -> None:
+        try:
+            assert hasher is not None
+            hash_file(src, start=src_offset, length=length, h=hasher)
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=_hash, name="vhtool-hash") if hasher is not None and length else None
+    if worker:
+        worker.start()
+    try:
+        with open(src, "rb", buffering=0) as fsrc:
+            _kernel_copy(fsrc.fileno(), dst_fd, src_offset, dst_offset, length, progress)
+    finally:
+        if worker:
+            worker.join()
+    if error:
+        raise error[0]
+
+
+def try_reflink(src: Path, dst: Path) -> bool:
+    """Clones ``src`` to ``dst`` with FICLONE; False (and no ``dst``) when the filesystem cannot."""
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        try:
+            fcntl.ioctl(fd.fileno(), _FICLONE, fs.fileno())
+            return True
+        except OSError:
+            pass
+    dst.unlink()
+    return False
+
+
+def place_file(
+    src: Path,
+    dst: Path,
+    *,
+    mode: str,
+    name: str,
+    want_hash: bool,
+    known_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> FileRecord:
+    """Puts ``src`` at ``dst`` by ``mode`` (see :data:`LINK_MODES`) and returns its record.
+
+    With ``copy`` (and ``auto`` falling back to it) the hash comes free with the copy. Linked files
+    are hashed only when ``want_hash`` (a full read), unless ``known_sha256`` is given (a Hub blob).
+    """
+    if mode not in LINK_MODES:
+        raise InputError(f"unknown --link mode {mode!r}; choose one of {', '.join(LINK_MODES)}.")
+    size = src.stat().st_size
+    how = mode
+    if mode in ("auto", "reflink"):
+        if try_reflink(src, dst):
+            how = "reflink"
+        elif mode == "reflink":
+            raise InputError(f"{dst.parent}: this filesystem cannot reflink {src}; use --link copy or hardlink.")
+        else:
+            how = "copy"
+    elif mode == "hardlink":
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            raise InputError(f"cannot hard-link {src} into {dst.parent} ({exc.strerror}); use --link copy.") from exc
+    elif mode == "symlink":
+        os.symlink(src.resolve(), dst)
+    if how == "copy":
+        h = hashlib.sha256()
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            copy_range_hashed(src, fd, src_offset=0, dst_offset=0, length=size, hasher=h, progress=progress)
+        finally:
+            os.close(fd)
+        return FileRecord(name=name, size=size, sha256=h.hexdigest(), how=how)
+    if progress:
+        progress(size)
+    digest = known_sha256 or (hash_file(src) if want_hash else None)
+    return FileRecord(name=name, size=size, sha256=digest, how=how)
+
+
+def hub_blob_sha256(path: Path) -> str | None:
+    """The sha256 of a file in the Hugging Face cache, read from its blob name (no data read), if it is one."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name == "blobs" and len(target.name) == 64:
+        try:
+            int(target.name, 16)
+        except ValueError:
+            return None
+        return target.name
+    return None

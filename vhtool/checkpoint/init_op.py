@@ -1,0 +1,305 @@
+"""``vhtool init``: a policy checkpoint with a fresh value head, built from files, never from a loaded model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file
+from vhtool.checkpoint.layout import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    PICKLE_FILES,
+    SIDECAR_FILE,
+    SINGLE_FILE,
+    Checkpoint,
+    hidden_size,
+    open_checkpoint,
+    safe_member,
+)
+from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
+from vhtool.errors import InputError
+
+INIT_STRATEGIES = ("random", "normal")
+HEAD_SHARD = "model-value-head.safetensors"
+LINKED_SINGLE = "model-00001-of-00001.safetensors"
+_NOT_COPIED = {SINGLE_FILE, INDEX_FILE, SIDECAR_FILE, MANIFEST_FILE, "README.md", ".gitattributes", *PICKLE_FILES}
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How to initialise a value head. ``random`` is nn.Linear's default distribution; ``normal`` is N(0, range)."""
+
+    strategy: str = "random"
+    initializer_range: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in INIT_STRATEGIES:
+            raise InputError(f"unknown value-head init {self.strategy!r}; choose one of {', '.join(INIT_STRATEGIES)}.")
+        r = self.initializer_range
+        if not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+            raise InputError(f"--v-head-initializer-range must be a positive number, got {r!r}.")
+        if self.seed < 0:
+            raise InputError(f"--seed must be >= 0, got {self.seed}.")
+
+
+def make_value_head(hidden: int, spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic float32 ``weight [1, hidden]`` and ``bias [1]`` from ``spec`` (numpy PCG64, no torch)."""
+    rng = np.random.Generator(np.random.PCG64(spec.seed))
+    if spec.strategy == "normal":
+        weight = rng.normal(0.0, spec.initializer_range, size=(1, hidden))
+        bias = np.zeros((1,))
+    else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), same for bias
+        bound = 1.0 / math.sqrt(hidden)
+        weight = rng.uniform(-bound, bound, size=(1, hidden))
+        bias = rng.uniform(-bound, bound, size=(1,))
+    return weight.astype("<f4"), bias.astype("<f4")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    out: Path
+    layout: str
+    files: list[FileRecord]
+    head_shape: tuple[int, ...]
+    head_dtype: str
+    architecture: str
+    seconds: float
+    reinitialised: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "layout": self.layout,
+            "architecture": self.architecture,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "value_head": {"shape": list(self.head_shape), "dtype": self.head_dtype},
+            "reinitialised": self.reinitialised,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def default_output_name(model: str) -> str:
+    """``./<model-name>-value-head`` for a path, Hub id or ``builtin:`` name."""
+    name = model.rstrip("/").split(":")[-1].split("/")[-1] or "model"
+    return f"{name}-value-head"
+
+
+def architecture_of(config: dict[str, Any], where: Path) -> str:
+    """``causal`` or ``seq2seq`` from the config; refuses classifier checkpoints, which have no LM head."""
+    archs = config.get("architectures") or []
+    if isinstance(archs, list) and archs and all(isinstance(a, str) and a.endswith(_CLASSIFIER_SUFFIXES) for a in archs):
+        raise InputError(
+            f"{where}: is a {archs[0]} checkpoint with no language-model head; a policy needs one "
+            "(`vhtool convert --to vhtool` moves a classifier's head into a value head)."
+        )
+    return "seq2seq" if config.get("is_encoder_decoder") else "causal"
+
+
+def copy_aux_files(src: Path, dst: Path) -> list[str]:
+    """Copies config, generation config and tokenizer files (regular files at the top level, not weights)."""
+    copied = []
+    for p in sorted(src.iterdir()):
+        if p.name in _NOT_COPIED or p.name.endswith(".safetensors") or p.name.startswith("."):
+            continue
+        if p.is_dir():
+            continue
+        real = safe_member(src, p.name, "a source file")  # refuses links leading outside the source
+        if not real.is_file():
+            continue
+        shutil.copyfile(real, dst / p.name)
+        copied.append(p.name)
+    return copied
+
+
+def init_checkpoint(
+    src: Path,
+    out: Path,
+    *,
+    head: HeadSpec,
+    source: dict[str, Any],
+    link: str = "auto",
+    force: bool = False,
+    want_hash: bool = False,
+    progress_factory: Callable[[int], Progress] | None = None,
+    durable: bool = True,
+) -> InitResult:
+    """Writes a policy checkpoint: ``src``'s files plus a value head, in a temporary sibling renamed to ``out``.
+
+    Args:
+        src: a local checkpoint directory (already resolved from a path, Hub id or builtin).
+        out: the output directory.
+        head: the value-head initialisation.
+        source: what to record as the source in ``vhtool.json`` (``model``, ``revision``...).
+        link: how base weight files get into ``out`` (see :data:`LINK_MODES`).
+        force: replace ``out`` if it exists, and re-initialise a head the source already has.
+        want_hash: hash linked files too (a full read); copies are always hashed for free.
+        progress_factory: called with the total bytes, returns a callback taking byte counts.
+        durable: fsync before the final rename.
+    """
+    started = time.perf_counter()
+    if link not in LINK_MODES:
+        raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
+    out = Path(out)
+    check_output_target(out, force=force)
+    ckpt = open_checkpoint(src)
+    if out.resolve() == ckpt.path.resolve():
+        raise InputError(f"{out}: the output would overwrite the source; choose another -o.")
+    arch = architecture_of(ckpt.config, ckpt.path)
+    hidden = hidden_size(ckpt.config)
+    notes: list[str] = []
+    heads = find_heads(ckpt)
+    drop: set[str] = set()
+    if heads:
+        kinds = ", ".join(h.description for h in heads)
+        if not force:
+            raise InputError(f"{ckpt.path}: already has a value head ({kinds}); pass --force to re-initialise it.")
+        if any(h.convention not in ("vhtool", "sidecar") for h in heads):
+            raise InputError(f"{ckpt.path}: holds a classifier head ({kinds}); use `vhtool convert --to vhtool`.")
+        drop = {VHEAD_WEIGHT, VHEAD_BIAS}
+        notes.append(f"the source's value head ({kinds}) was replaced by a fresh one")
+
+    weight, bias = make_value_head(hidden, head)
+    head_tensors = [
+        PlannedTensor(VHEAD_WEIGHT, "F32", (1, hidden), weight.tobytes()),
+        PlannedTensor(VHEAD_BIAS, "F32", (1,), bias.tobytes()),
+    ]
+    total = sum(ckpt.path.joinpath(f).stat().st_size for f in ckpt.weight_files)
+    progress = progress_factory(total) if progress_factory else None
+
+    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+        copy_aux_files(ckpt.path, tmp)
+        if not ckpt.sharded and link in ("auto", "copy"):
+            layout = "single-file"
+            records = [_rewrite(ckpt, SINGLE_FILE, tmp, drop=drop, extra=head_tensors, progress=progress)]
+        else:
+            layout = "sharded"
+            if not ckpt.sharded:
+                notes.append(
+                    f"--link {link} on a single-file source gives a sharded layout; TRL 1.12.0 cannot load a local "
+                    "sharded value-head checkpoint (vhtool and transformers can)"
+                )
+            records = _write_sharded(
+                ckpt, tmp, drop=drop, extra=head_tensors, link=link, want_hash=want_hash, progress=progress
+            )
+        doc = new_manifest(
+            role="policy",
+            architecture=arch,
+            source=source,
+            model_dtype=_model_dtype(ckpt, drop),
+            layout=layout,
+            value_head={
+                "init_strategy": head.strategy,
+                "initializer_range": head.initializer_range,
+                "seed": head.seed,
+                "dtype": "F32",
+                "hidden_size": hidden,
+                "tensors": [VHEAD_WEIGHT, VHEAD_BIAS],
+                "file": records[-1].name,
+            },
+            files=files_section(records),
+        )
+        write_manifest(tmp, doc)
+    return InitResult(
+        out=out,
+        layout=layout,
+        files=records,
+        head_shape=(1, hidden),
+        head_dtype="F32",
+        architecture=arch,
+        seconds=time.perf_counter() - started,
+        reinitialised=bool(drop),
+        notes=notes,
+    )
+
+
+def _model_dtype(ckpt: Checkpoint, drop: set[str]) -> str:
+    """The dtype holding most parameters (the checkpoint's compute dtype)."""
+    counts: dict[str, int] = {}
+    for name, loc in ckpt.tensors.items():
+        if name not in drop:
+            counts[loc.info.dtype] = counts.get(loc.info.dtype, 0) + loc.info.numel
+    return max(counts, key=lambda k: counts[k]) if counts else "F32"
+
+
+def _rewrite(
+    ckpt: Checkpoint,
+    file: str,
+    tmp: Path,
+    *,
+    drop: set[str],
+    extra: list[PlannedTensor],
+    progress: Progress | None,
+    out_name: str | None = None,
+) -> FileRecord:
+    """Writes ``file`` again with ``drop`` removed and ``extra`` appended; tensor bytes move in the kernel."""
+    hdr = ckpt.headers[file]
+    path = ckpt.path / file
+    kept = [
+        PlannedTensor(t.name, t.dtype, t.shape, RangeSource(path, hdr.data_start + t.begin, t.nbytes))
+        for t in sorted(hdr.tensors.values(), key=lambda t: t.begin)
+        if t.name not in drop
+    ]
+    name = out_name or file
+    return write_safetensors(tmp / name, kept + extra, metadata=hdr.metadata, name=name, progress=progress)
+
+
+def _write_sharded(
+    ckpt: Checkpoint,
+    tmp: Path,
+    *,
+    drop: set[str],
+    extra: list[PlannedTensor],
+    link: str,
+    want_hash: bool,
+    progress: Progress | None,
+) -> list[FileRecord]:
+    records: list[FileRecord] = []
+    weight_map: dict[str, str] = {}
+    for file in ckpt.weight_files:
+        hdr = ckpt.headers[file]
+        out_name = file if ckpt.sharded else LINKED_SINGLE
+        names = set(hdr.tensors) - drop
+        if not names:
+            continue  # a shard that held only the old value head
+        if names != set(hdr.tensors):
+            rec = _rewrite(ckpt, file, tmp, drop=drop, extra=[], progress=progress, out_name=out_name)
+        else:
+            src = safe_member(ckpt.path, file, "the index")
+            rec = place_file(
+                src,
+                tmp / out_name,
+                mode=link,
+                name=out_name,
+                want_hash=want_hash,
+                known_sha256=hub_blob_sha256(src),
+                progress=progress,
+            )
+        records.append(rec)
+        weight_map.update(dict.fromkeys(names, out_name))
+    head_rec = write_safetensors(tmp / HEAD_SHARD, extra, metadata={"format": "pt"}, name=HEAD_SHARD)
+    records.append(head_rec)
+    weight_map.update(dict.fromkeys((t.name for t in extra), HEAD_SHARD))
+    total_size = sum(loc.info.nbytes for n, loc in ckpt.tensors.items() if n not in drop) + sum(
+        t.nbytes for t in extra
+    )
+    meta = dict((ckpt.index or {}).get("metadata") or {})
+    meta["total_size"] = total_size
+    index = {"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}
+    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return records

@@ -1,0 +1,215 @@
+"""A checkpoint directory as files: config, weight files, index, headers, tensors. No torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo, read_header
+from vhtool.errors import CheckpointError, InputError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SIDECAR_FILE = "value_head.safetensors"
+MANIFEST_FILE = "vhtool.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+#: Files copied from a source checkpoint besides the weights, when present.
+AUX_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Reads a JSON file that must hold an object; raises :class:`CheckpointError` otherwise."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({exc}).") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object, got {type(doc).__name__}.")
+    return doc
+
+
+def safe_member(root: Path, name: str, what: str) -> Path:
+    """Resolves ``name`` inside ``root``, refusing absolute paths, ``..`` and symlinks that leave ``root``."""
+    if not name or os.path.isabs(name) or "\\" in name or any(part == ".." for part in Path(name).parts):
+        raise CheckpointError(f"{root}: {what} names {name!r}, which is not a file inside the checkpoint.")
+    candidate = root / name
+    try:
+        real = candidate.resolve()
+    except OSError as exc:  # e.g. a symlink loop
+        raise CheckpointError(f"{candidate}: cannot resolve ({exc}).") from exc
+    if not any(real == r or r in real.parents for r in allowed_roots(root)):
+        raise CheckpointError(f"{candidate}: {what} is a link that points outside the checkpoint ({real}).")
+    return candidate
+
+
+def allowed_roots(root: Path) -> list[Path]:
+    """Where files of ``root`` may really live: inside it, or in its repo's ``blobs/`` for a Hub-cache snapshot."""
+    real_root = root.resolve()
+    roots = [real_root]
+    if real_root.parent.name == "snapshots" and real_root.parent.parent.name.startswith("models--"):
+        roots.append(real_root.parent.parent / "blobs")
+    return roots
+
+
+@dataclass(frozen=True)
+class TensorLocation:
+    """Where one tensor lives: its file (relative name) and header entry."""
+
+    file: str
+    info: TensorInfo
+
+
+@dataclass
+class Checkpoint:
+    """A local checkpoint directory, read from its config, index and safetensors headers only."""
+
+    path: Path
+    config: dict[str, Any]
+    weight_files: list[str]
+    headers: dict[str, SafetensorsHeader]
+    tensors: dict[str, TensorLocation]
+    index: dict[str, Any] | None = None
+    sidecar: SafetensorsHeader | None = None
+    manifest: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sharded(self) -> bool:
+        return self.index is not None
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(self.config.get("is_encoder_decoder", False))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(h.file_size for h in self.headers.values())
+
+
+def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Checkpoint:
+    """Opens a local checkpoint directory by reading only config, index, manifest and headers.
+
+    Raises:
+        InputError: the path is missing or not a checkpoint directory.
+        CheckpointError: a file is malformed, inconsistent or points outside the directory.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or directory.")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a checkpoint directory (expected a folder with config.json and weights).")
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise InputError(f"{root}: not a checkpoint (no config.json).")
+    safe_member(root, "config.json", "config.json")
+    config = read_json_object(cfg_path, "config.json")
+
+    index: dict[str, Any] | None = None
+    weight_files: list[str]
+    if (root / INDEX_FILE).is_file():
+        safe_member(root, INDEX_FILE, "the index")
+        index = read_json_object(root / INDEX_FILE, "the safetensors index")
+        wmap = index.get("weight_map")
+        if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
+            raise CheckpointError(f"{root / INDEX_FILE}: weight_map must map tensor names to file names.")
+        weight_files = sorted(set(wmap.values()))
+    elif (root / SINGLE_FILE).is_file():
+        weight_files = [SINGLE_FILE]
+    else:
+        pickles = [n for n in PICKLE_FILES if (root / n).exists()]
+        if pickles:
+            hint = (
+                "convert it to safetensors first" if not allow_pickle else "pickle sources are loaded by `init` only"
+            )
+            raise CheckpointError(
+                f"{root}: holds only pickle weights ({', '.join(pickles)}); vhtool never unpickles them by default "
+                f"({hint}; `vhtool init --allow-pickle` reads them with weights_only=True)."
+            )
+        raise InputError(f"{root}: not a checkpoint (no model.safetensors or model.safetensors.index.json).")
+
+    headers: dict[str, SafetensorsHeader] = {}
+    tensors: dict[str, TensorLocation] = {}
+    for name in weight_files:
+        member = safe_member(root, name, "the index")
+        if not member.is_file():
+            raise CheckpointError(f"{root}: the index names {name!r}, which does not exist.")
+        hdr = read_header(member)
+        headers[name] = hdr
+        for tname, info in hdr.tensors.items():
+            if tname in tensors:
+                raise CheckpointError(f"{root}: tensor {tname!r} is stored in both {tensors[tname].file} and {name}.")
+            tensors[tname] = TensorLocation(file=name, info=info)
+    if index is not None:
+        wmap = index["weight_map"]
+        missing = sorted(set(wmap) - set(tensors))
+        if missing:
+            raise CheckpointError(
+                f"{root / INDEX_FILE}: weight_map names {len(missing)} tensor(s) absent from their files "
+                f"(first: {missing[0]!r})."
+            )
+        for tname, loc in tensors.items():
+            if wmap.get(tname) != loc.file:
+                raise CheckpointError(
+                    f"{root / INDEX_FILE}: tensor {tname!r} is in {loc.file} but the index says {wmap.get(tname)!r}."
+                )
+
+    sidecar = None
+    if (root / SIDECAR_FILE).is_file():
+        sidecar = read_header(safe_member(root, SIDECAR_FILE, "the value-head sidecar"))
+    manifest = None
+    if (root / MANIFEST_FILE).is_file():
+        manifest = read_json_object(safe_member(root, MANIFEST_FILE, "vhtool.json"), "vhtool.json")
+    return Checkpoint(
+        path=root,
+        config=config,
+        weight_files=weight_files,
+        headers=headers,
+        tensors=tensors,
+        index=index,
+        sidecar=sidecar,
+        manifest=manifest,
+    )
+
+
+def hidden_size(config: dict[str, Any]) -> int:
+    """The width of the last hidden state, found from a config dict as transformers would expose it.
+
+    Priority follows what the value head is applied to: OPT's ``word_embed_proj_dim`` (its output
+    projection), then ``hidden_size`` and its per-family aliases, then nested text/decoder configs.
+    """
+    for key in ("word_embed_proj_dim", "hidden_size", "n_embd", "d_model", "dim", "model_dim", "embed_dim"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    for nested in ("text_config", "decoder"):
+        sub = config.get(nested)
+        if isinstance(sub, dict):
+            try:
+                return hidden_size(sub)
+            except InputError:
+                pass
+    raise InputError(
+        "config.json has no usable hidden size (looked for word_embed_proj_dim, hidden_size, n_embd, d_model, "
+        "text_config.hidden_size, decoder.hidden_size)."
+    )

@@ -1,0 +1,60 @@
+"""The ``vhtool`` command: one Typer app, every command registered here, errors mapped in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vhtool._version import __version__
+from vhtool.cli import (
+    attach_cmd,
+    convert_cmd,
+    init_cmd,
+    inspect_cmd,
+    push_cmd,
+    reference_cmd,
+    score_cmd,
+    verify_cmd,
+)
+from vhtool.cli.common import set_debug
+
+app = typer.Typer(
+    name="vhtool",
+    help="Build, inspect, score and publish value-head checkpoints for RLHF, out of core.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vhtool {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (also VHTOOL_DEBUG=1).")] = False,
+) -> None:
+    set_debug(debug)
+
+
+app.command("init")(init_cmd.init_command)
+app.command("make-reference")(reference_cmd.make_reference_command)
+app.command("attach-reward-adapter")(attach_cmd.attach_command)
+app.command("score")(score_cmd.score_command)
+app.command("inspect-layers")(inspect_cmd.inspect_command)
+app.command("verify")(verify_cmd.verify_command)
+app.command("convert")(convert_cmd.convert_command)
+app.command("push")(push_cmd.push_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

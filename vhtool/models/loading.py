@@ -1,0 +1,199 @@
+"""Finding a model and its value-head weights: one resolver for local paths, Hub ids and built-ins.
+
+A path that exists locally is never sent to the Hub. Value-head tensors are read selectively: from
+a sharded checkpoint only the shard(s) the index names for ``v_head.*`` are opened, and only those
+tensors are read from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.layout import INDEX_FILE, MANIFEST_FILE, SIDECAR_FILE, SINGLE_FILE, safe_member
+from vhtool.checkpoint.safetensors_io import read_header
+from vhtool.errors import CheckpointError, HubUnavailableError, InputError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a ``from_pretrained`` argument points."""
+
+    name: str
+    load_from: str
+    local_dir: Path | None
+    repo_id: str | None
+    revision: str | None = None
+    token: Any = None
+    cache_dir: str | None = None
+    adapter_config_dir: Path | None = None
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def manifest_reward(self) -> dict[str, Any] | None:
+        entry = (self.manifest or {}).get("reward_adapter")
+        return entry if isinstance(entry, dict) else None
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_pretrained(
+    name: str, *, revision: str | None = None, token: Any = None, cache_dir: str | None = None
+) -> Resolved:
+    """Resolves a local directory, ``builtin:NAME`` or Hub id, validating local safetensors headers up front."""
+    if name.startswith(BUILTIN_PREFIX):
+        from vhtool.builtin import builtin_path
+
+        try:
+            name_path = str(builtin_path(name))
+        except KeyError as exc:
+            raise InputError(str(exc.args[0]) if exc.args else f"unknown built-in model {name!r}.") from None
+        return resolve_pretrained(name_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{path}: not a model directory.")
+        for st in sorted(path.glob("*.safetensors")):
+            read_header(st)  # a corrupt or truncated file fails here with a clear message, before transformers
+        adapter = path if (path / "adapter_config.json").is_file() else None
+        manifest = None
+        if (path / MANIFEST_FILE).is_file():
+            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return Resolved(
+            name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
+        )
+    if looks_like_path(name):
+        raise InputError(f"{name}: no such directory.")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise InputError(f"{name!r} is neither an existing directory nor a valid Hub model id.") from exc
+    adapter_file = _hub_file(name, "adapter_config.json", revision=revision, token=token, cache_dir=cache_dir)
+    manifest_file = _hub_file(name, MANIFEST_FILE, revision=revision, token=token, cache_dir=cache_dir)
+    manifest = json.loads(Path(manifest_file).read_text(encoding="utf-8")) if manifest_file else None
+    return Resolved(
+        name=name,
+        load_from=name,
+        local_dir=None,
+        repo_id=name,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        adapter_config_dir=Path(adapter_file).parent if adapter_file else None,
+        manifest=manifest,
+    )
+
+
+def _hub_file(repo_id: str, filename: str, **kw: Any) -> str | None:
+    """Downloads one file of a Hub repo; ``None`` when the repo lacks it or it cannot be had offline."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return str(hf_hub_download(repo_id, filename, **{k: v for k, v in kw.items() if v is not None}))
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError:
+        return None
+    except RevisionNotFoundError as exc:
+        raise InputError(f"{repo_id}: revision {kw.get('revision')!r} not found on the Hub.") from exc
+    except GatedRepoError as exc:
+        raise InputError(f"{repo_id}: gated repo; log in with a token that has access.") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubUnavailableError(f"{repo_id}: no such model repo on the Hub (or no access to it).") from exc
+
+
+def _read_v_head(path: Path, keys: list[str] | None = None) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for k in fh.keys():  # noqa: SIM118 - safe_open is not a Mapping
+            if k.startswith("v_head.") and (keys is None or k in keys):
+                out[k] = fh.get_tensor(k)
+    return out
+
+
+def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> tuple[dict[str, Any], str | None]:
+    """Reads only the value-head tensors of a checkpoint; returns them and where they were found (or None)."""
+    if resolved.local_dir is not None:
+        root = resolved.local_dir
+        candidates: list[tuple[Path, list[str] | None, str]] = []
+        if (root / INDEX_FILE).is_file():
+            index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
+            wmap = index.get("weight_map") or {}
+            files: dict[str, list[str]] = {}
+            for k, f in wmap.items():
+                if k.startswith("v_head."):
+                    files.setdefault(f, []).append(k)
+            for f, keys in sorted(files.items()):
+                candidates.append((safe_member(root, f, "the index"), keys, f))
+        elif (root / SINGLE_FILE).is_file():
+            candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
+        if (root / SIDECAR_FILE).is_file():
+            candidates.append((safe_member(root, SIDECAR_FILE, "the sidecar"), None, SIDECAR_FILE))
+        for path, keys, label in candidates:
+            state = _read_v_head(path, keys)
+            if state:
+                return state, label
+        pickled = root / "pytorch_model.bin"
+        if pickled.is_file():
+            if not allow_pickle:
+                import warnings
+
+                warnings.warn(
+                    f"{pickled} may hold value-head weights but is a pickle; pass allow_pickle=True to read it "
+                    "(with weights_only=True).",
+                    stacklevel=3,
+                )
+            else:
+                import torch
+
+                state = {k: v for k, v in torch.load(pickled, map_location="cpu", weights_only=True).items()
+                         if k.startswith("v_head.")}
+                if state:
+                    return state, "pytorch_model.bin"
+        return {}, None
+
+    assert resolved.repo_id is not None
+    kw = {"revision": resolved.revision, "token": resolved.token, "cache_dir": resolved.cache_dir}
+    single = _hub_file(resolved.repo_id, SINGLE_FILE, **kw)
+    if single:
+        state = _read_v_head(Path(single))
+        if state:
+            return state, f"{resolved.repo_id}/{SINGLE_FILE}"
+    else:
+        index_file = _hub_file(resolved.repo_id, INDEX_FILE, **kw)
+        if index_file:
+            wmap = json.loads(Path(index_file).read_text(encoding="utf-8")).get("weight_map") or {}
+            shards = sorted({f for k, f in wmap.items() if k.startswith("v_head.")})
+            state = {}
+            for shard in shards:
+                if os.path.isabs(shard) or ".." in Path(shard).parts:
+                    raise CheckpointError(f"{resolved.repo_id}: the index names {shard!r}, outside the repo.")
+                local = _hub_file(resolved.repo_id, shard, **kw)
+                if local:
+                    state.update(_read_v_head(Path(local)))
+            if state:
+                return state, f"{resolved.repo_id}/{', '.join(shards)}"
+    sidecar = _hub_file(resolved.repo_id, SIDECAR_FILE, **kw)
+    if sidecar:
+        state = _read_v_head(Path(sidecar))
+        if state:
+            return state, f"{resolved.repo_id}/{SIDECAR_FILE}"
+    return {}, None

@@ -1,0 +1,118 @@
+"""Frozen reference models that share their first layers with the policy, without copying them even briefly."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from vhtool.errors import InputError
+
+
+@dataclass(frozen=True)
+class BlockContainer:
+    """The ``nn.ModuleList`` holding a model's repeated blocks, as a name pattern like ``transformer.h.{layer}``."""
+
+    pattern: str
+    num_blocks: int
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "pretrained_model", model)
+
+
+def find_block_container(model: nn.Module, pattern: str | None = None) -> BlockContainer:
+    """Finds the block container of any architecture, or checks a user ``pattern`` against the model.
+
+    Without a pattern: the homogeneous ``nn.ModuleList`` (all children of one class) that is not
+    nested in another one and holds the most parameters; for encoder-decoders the encoder's blocks
+    come first in the forward pass and are chosen when their size is comparable to the decoder's.
+    Patterns are relative to the wrapper's parameter names (as ``named_parameters()`` prints them).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if pattern is not None:
+        if "{layer}" not in pattern:
+            raise InputError(f"pattern {pattern!r} must contain '{{layer}}', e.g. 'model.layers.{{layer}}'.")
+        regex = re.compile(r"(?:^|\.)" + re.escape(pattern).replace(re.escape("{layer}"), r"(\d+)") + r"\.")
+        indices = {int(m.group(1)) for n in names if (m := regex.search(n))}
+        if not indices:
+            raise InputError(f"pattern {pattern!r} matches no parameter of the model (check for a typo).")
+        return BlockContainer(pattern=pattern, num_blocks=max(indices) + 1)
+    candidates: list[tuple[str, int, int]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        if any(name.startswith(c + ".") for c, _, _ in candidates):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size:
+            candidates.append((name, len(module), size))
+    if not candidates:
+        raise InputError("cannot find the model's block container; pass pattern='<path>.{layer}'.")
+    largest = max(size for _, _, size in candidates)
+    name, count, _ = next(c for c in candidates if c[2] * 2 >= largest)
+    return BlockContainer(pattern=f"{name}.{{layer}}", num_blocks=count)
+
+
+def shared_parameter_names(model: nn.Module, container: BlockContainer, num_shared_layers: int) -> list[str]:
+    """Parameters (in ``named_parameters`` order) before block ``num_shared_layers``: embeddings + the first N blocks."""
+    if num_shared_layers < 0 or num_shared_layers > container.num_blocks:
+        raise InputError(
+            f"num_shared_layers={num_shared_layers} is out of range: the model has {container.num_blocks} blocks "
+            f"({container.pattern}); use 0..{container.num_blocks}."
+        )
+    regex = re.compile(r"(?:^|\.)" + re.escape(container.pattern).replace(re.escape("{layer}"), r"(\d+)") + r"\.")
+    shared: list[str] = []
+    seen_block = False
+    for name, _ in model.named_parameters():
+        m = regex.search(name)
+        if m is None:
+            if seen_block:
+                break  # past the container: final norm, LM head, value head
+        elif int(m.group(1)) >= num_shared_layers:
+            break
+        else:
+            seen_block = True
+        shared.append(name)
+    return shared
+
+
+def create_reference_model(
+    model: nn.Module, num_shared_layers: int | None = None, pattern: str | None = None
+) -> nn.Module:
+    """A frozen ``eval()`` copy of ``model``; with ``num_shared_layers=N`` the embeddings and first N blocks are shared.
+
+    Shared parameters are the very same ``nn.Parameter`` objects in both models (frozen in both);
+    they are never copied, not even transiently (the deep copy is told to reuse them). Everything
+    else is copied and frozen in the reference.
+
+    Raises:
+        InputError: N < 0 or N > the number of blocks, or a pattern that matches nothing.
+    """
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise InputError("DeepSpeed ZeRO-3 is enabled: create the reference with AutoModel...from_pretrained instead.")
+    if num_shared_layers is None:
+        if pattern is not None:
+            find_block_container(model, pattern)  # a typo is an error even when nothing is shared
+        ref = copy.deepcopy(model)
+        shared: list[str] = []
+    else:
+        container = find_block_container(model, pattern)
+        shared = shared_parameter_names(model, container, num_shared_layers)
+        params = dict(model.named_parameters())
+        memo: dict[int, Any] = {id(params[n]): params[n] for n in shared}
+        ref = copy.deepcopy(model, memo)
+        for n in shared:
+            params[n].requires_grad_(False)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    ref.shared_parameter_names = shared
+    return ref.eval()
