@@ -57,7 +57,7 @@ class Out:
         from rich.console import Console
 
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)
 
     @property
     def show_progress(self) -> bool:

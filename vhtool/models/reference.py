@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from vhtool.checkpoint.blocks import is_embedding_name, pattern_regex
 from vhtool.errors import InputError
 
 
@@ -34,9 +34,7 @@ def find_block_container(model: nn.Module, pattern: str | None = None) -> BlockC
     """
     names = [n for n, _ in model.named_parameters()]
     if pattern is not None:
-        if "{layer}" not in pattern:
-            raise InputError(f"pattern {pattern!r} must contain '{{layer}}', e.g. 'model.layers.{{layer}}'.")
-        regex = re.compile(r"(?:^|\.)" + re.escape(pattern).replace(re.escape("{layer}"), r"(\d+)") + r"\.")
+        regex = pattern_regex(pattern)
         indices = {int(m.group(1)) for n in names if (m := regex.search(n))}
         if not indices:
             raise InputError(f"pattern {pattern!r} matches no parameter of the model (check for a typo).")
@@ -61,26 +59,42 @@ def find_block_container(model: nn.Module, pattern: str | None = None) -> BlockC
 
 
 def shared_parameter_names(model: nn.Module, container: BlockContainer, num_shared_layers: int) -> list[str]:
-    """Parameters (in ``named_parameters`` order) before block ``num_shared_layers``: embeddings + the first N blocks."""
+    """Embedding parameters and those of blocks ``0..N-1``, in ``named_parameters`` order.
+
+    Embeddings are the input-side tensors before the blocks (``nn.Embedding`` modules and names
+    like ``embed_tokens``, ``wte``, ``shared``, ``project_in``); output-side tensors some models
+    define early (OPT's ``project_out`` and final norm) stay the policy's own.
+    """
     if num_shared_layers < 0 or num_shared_layers > container.num_blocks:
         raise InputError(
             f"num_shared_layers={num_shared_layers} is out of range: the model has {container.num_blocks} blocks "
             f"({container.pattern}); use 0..{container.num_blocks}."
         )
-    regex = re.compile(r"(?:^|\.)" + re.escape(container.pattern).replace(re.escape("{layer}"), r"(\d+)") + r"\.")
+    regex = pattern_regex(container.pattern)
+    embedding_modules = {
+        f"{name}.{p}" if name else p
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding)
+        for p, _ in module.named_parameters(recurse=False)
+    }
     shared: list[str] = []
-    seen_block = False
     for name, _ in model.named_parameters():
         m = regex.search(name)
-        if m is None:
-            if seen_block:
-                break  # past the container: final norm, LM head, value head
-        elif int(m.group(1)) >= num_shared_layers:
-            break
-        else:
-            seen_block = True
-        shared.append(name)
+        if m is not None:
+            if int(m.group(1)) < num_shared_layers:
+                shared.append(name)
+        elif (name in embedding_modules or is_embedding_name(name)) and not _after_blocks(name, container):
+            shared.append(name)
     return shared
+
+
+def _after_blocks(name: str, container: BlockContainer) -> bool:
+    """Embeddings of a later stack (a T5/BART decoder's when the encoder's blocks are the container)."""
+    stack = container.pattern.split(".{layer}")[0].rsplit(".", 1)[0]
+    for other in ("decoder",):
+        if other in name and other not in stack and "encoder" in stack:
+            return True
+    return False
 
 
 def create_reference_model(

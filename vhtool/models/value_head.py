@@ -247,8 +247,9 @@ class PreTrainedModelWrapper(nn.Module):
         model.post_init(state_dict=state)
         if where is None:
             model.v_head_loaded = False
+            label = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
             msg = (
-                f"no value-head weights (v_head.*) found for {pretrained_model_name_or_path!r}; the value head was "
+                f"no value-head weights (v_head.*) found for {str(label)!r}; the value head was "
                 f"initialised ({v_head_kwargs.get('v_head_init_strategy') or 'random'}). This is expected only when "
                 "starting PPO from a plain model."
             )
@@ -473,10 +474,10 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         **kwargs: Any,
     ) -> tuple[Any, ...]:
         """Runs the wrapped model; the value is the head applied to the last hidden state (the LM head's input)."""
-        kwargs["past_key_values"] = past_key_values
         active = getattr(self.pretrained_model, "active_peft_config", None) if self.is_peft_model else None
-        if active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING":
-            kwargs.pop("past_key_values")
+        prefix_tuning = active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING"
+        if past_key_values is not None and not prefix_tuning:
+            kwargs["past_key_values"] = past_key_values
         probe = self._hidden_probe()
         if probe is None or kwargs.get("output_hidden_states"):
             kwargs["output_hidden_states"] = True
@@ -526,10 +527,10 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         **kwargs: Any,
     ) -> tuple[Any, ...]:
         """Runs the wrapped model; the value is the head applied to the decoder's last hidden state."""
-        kwargs["past_key_values"] = past_key_values
         active = getattr(self.pretrained_model, "active_peft_config", None) if self.is_peft_model else None
-        if active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING":
-            kwargs.pop("past_key_values")
+        prefix_tuning = active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING"
+        if past_key_values is not None and not prefix_tuning:
+            kwargs["past_key_values"] = past_key_values
         decoder = self.pretrained_model.get_decoder()
         if kwargs.get("output_hidden_states"):
             out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
