@@ -20,6 +20,11 @@ def is_embedding_name(name: str) -> bool:
     return bool(_EMBED.search(name))
 
 
+def embedding_after_blocks(name: str, pattern: str) -> bool:
+    """True for a later stack's embeddings (a T5/BART decoder's when the container is the encoder's blocks)."""
+    return "encoder" in pattern and "decoder" in name
+
+
 def pattern_regex(pattern: str) -> re.Pattern[str]:
     """A regex matching tensor names inside block ``{layer}`` of ``pattern`` (group 1 is the index)."""
     if "{layer}" not in pattern:
@@ -79,6 +84,9 @@ def shared_tensor_names(names: Iterable[str], blocks: Blocks, num_shared_layers:
     shared = []
     for n in names:
         m = rx.search(n)
-        if (m is not None and int(m.group(1)) < num_shared_layers) or (m is None and is_embedding_name(n)):
+        if m is not None:
+            if int(m.group(1)) < num_shared_layers:
+                shared.append(n)
+        elif is_embedding_name(n) and not embedding_after_blocks(n, blocks.pattern):
             shared.append(n)
     return sorted(shared)

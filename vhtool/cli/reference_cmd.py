@@ -1,12 +1,70 @@
-"""`vhtool make-reference` (being built under issue 4)."""
+"""``vhtool make-reference``: a frozen reference checkpoint sharing its first layers with the policy."""
 
 from __future__ import annotations
 
-from vhtool.cli.common import handle_errors
-from vhtool.errors import OperationError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt, handle_errors
 
 
 @handle_errors
-def make_reference_command() -> None:
-    """Not available yet in this build."""
-    raise OperationError("`vhtool make-reference` is not implemented in this build yet.")
+def make_reference_command(
+    policy: Annotated[Path, typer.Argument(help="Policy checkpoint directory (default: the current directory).")] = Path(
+        "."
+    ),
+    shared_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--shared-layers",
+            help="Share the embeddings and the first N blocks with the policy. Omit for a full frozen copy.",
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Option("--pattern", help="Block pattern, e.g. 'model.layers.{layer}' (default: detected).")
+    ] = None,
+    output: OutOpt = None,
+    link: LinkOpt = "auto",
+    hash_links: Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")] = False,
+    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a frozen reference of POLICY that records which tensors it shares with it.
+
+    The reference holds the policy's weight files (copied or linked, never loaded), so it loads on its
+    own; vhtool.json records the block pattern, N, the shared tensor names and the policy files' sha256.
+    Load both with vhtool.load_policy_and_reference(policy, reference) to share those tensors in memory.
+    Default OUT: <POLICY>-reference.
+    """
+    from vhtool.checkpoint.reference_op import default_reference_name, make_reference
+
+    out = Out(json_mode=json_out, quiet=quiet)
+    target = output if output is not None else default_reference_name(policy)
+    with out.progress("copying weights") as factory:
+        result = make_reference(
+            policy,
+            target,
+            shared_layers=shared_layers,
+            pattern=pattern,
+            link=link,
+            force=force,
+            want_hash=hash_links,
+            progress_factory=factory,
+            durable=not no_fsync,
+        )
+    for note in result.notes:
+        out.warn(note)
+    if json_out:
+        out.data(result.to_json())
+        return
+    what = (
+        "a full frozen copy (nothing shared)"
+        if result.shared_layers is None
+        else f"embeddings + {result.shared_layers} of {result.num_blocks} blocks shared ({result.pattern}, "
+        f"{len(result.shared_tensors)} tensors)"
+    )
+    out.result(f"Wrote reference {result.out}: {what} in {result.seconds:.2f} s.")

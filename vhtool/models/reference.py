@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from vhtool.checkpoint.blocks import is_embedding_name, pattern_regex
+from vhtool.checkpoint.blocks import embedding_after_blocks, is_embedding_name, pattern_regex
 from vhtool.errors import InputError
 
 
@@ -83,18 +84,9 @@ def shared_parameter_names(model: nn.Module, container: BlockContainer, num_shar
         if m is not None:
             if int(m.group(1)) < num_shared_layers:
                 shared.append(name)
-        elif (name in embedding_modules or is_embedding_name(name)) and not _after_blocks(name, container):
+        elif (name in embedding_modules or is_embedding_name(name)) and not embedding_after_blocks(name, container.pattern):
             shared.append(name)
     return shared
-
-
-def _after_blocks(name: str, container: BlockContainer) -> bool:
-    """Embeddings of a later stack (a T5/BART decoder's when the encoder's blocks are the container)."""
-    stack = container.pattern.split(".{layer}")[0].rsplit(".", 1)[0]
-    for other in ("decoder",):
-        if other in name and other not in stack and "encoder" in stack:
-            return True
-    return False
 
 
 def create_reference_model(
@@ -130,3 +122,83 @@ def create_reference_model(
         p.requires_grad_(False)
     ref.shared_parameter_names = shared
     return ref.eval()
+
+
+def load_policy_and_reference(
+    policy_dir: str | Path, reference_dir: str | Path, **kwargs: Any
+) -> tuple[nn.Module, nn.Module]:
+    """Loads a policy and its reference (made by ``vhtool make-reference``) with the shared tensors held once.
+
+    The policy is loaded normally; the reference is built around it: the tensors its ``vhtool.json``
+    records as shared are the policy's own parameters (frozen in both), and only the unshared ones
+    are read from the reference checkpoint. Before sharing, each shared tensor of the policy is
+    compared with the reference's stored copy, so a policy whose shared layers changed after
+    ``make-reference`` (the "frozen reference drifts" bug) is refused.
+
+    Args:
+        policy_dir: the policy checkpoint.
+        reference_dir: the reference checkpoint.
+        **kwargs: passed to ``from_pretrained`` of the policy (e.g. ``dtype``).
+
+    Returns:
+        ``(policy, reference)``; the reference is in ``eval()`` mode with every parameter frozen.
+
+    Raises:
+        InputError: the reference is not a vhtool reference, or its shared tensors no longer match.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from vhtool.checkpoint.layout import open_checkpoint
+    from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+
+    ref_ckpt = open_checkpoint(reference_dir)
+    manifest = ref_ckpt.manifest or {}
+    info = manifest.get("reference")
+    if manifest.get("role") != "reference" or not isinstance(info, dict):
+        raise InputError(f"{reference_dir}: not a vhtool reference (vhtool.json has no role 'reference').")
+    cls = AutoModelForSeq2SeqLMWithValueHead if ref_ckpt.is_encoder_decoder else AutoModelForCausalLMWithValueHead
+    policy = cls.from_pretrained(str(policy_dir), **kwargs)
+    params = dict(policy.named_parameters())
+
+    def param_name(tensor: str) -> str:
+        return tensor if tensor.startswith("v_head.") else f"pretrained_model.{tensor}"
+
+    shared = [param_name(n) for n in info.get("shared_tensors") or []]
+    missing = [n for n in shared if n not in params]
+    if missing:
+        raise InputError(f"{reference_dir}: shared tensor {missing[0]!r} is not a parameter of the policy.")
+    # Drift check: the policy's shared tensors must equal what the reference stored at make-reference time.
+    for tensor in info.get("shared_tensors") or []:
+        loc = ref_ckpt.tensors[tensor]
+        with safe_open(str(ref_ckpt.path / loc.file), framework="pt") as fh:
+            stored = fh.get_tensor(tensor)
+        mine = params[param_name(tensor)].detach()
+        if stored.shape != mine.shape or not torch.equal(stored.to(mine.dtype), mine.cpu()):
+            raise InputError(
+                f"the policy's shared tensor {tensor!r} differs from the reference's copy: the policy changed after "
+                "`vhtool make-reference`; make a new reference from the current policy."
+            )
+    memo: dict[int, Any] = {id(params[n]): params[n] for n in shared}
+    reference = copy.deepcopy(policy, memo)
+    ref_params = dict(reference.named_parameters())
+    by_file: dict[str, list[tuple[str, str]]] = {}
+    for pname in ref_params:
+        if pname in memo or pname in shared:
+            continue
+        tensor = pname[len("pretrained_model.") :] if pname.startswith("pretrained_model.") else pname
+        loc = ref_ckpt.tensors.get(tensor)
+        if loc is not None:
+            by_file.setdefault(loc.file, []).append((pname, tensor))
+    with torch.no_grad():
+        for file, items in by_file.items():
+            with safe_open(str(ref_ckpt.path / file), framework="pt") as fh:
+                for pname, tensor in items:
+                    target = ref_params[pname]
+                    target.copy_(fh.get_tensor(tensor).to(dtype=target.dtype, device=target.device))
+    for n in shared:
+        params[n].requires_grad_(False)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    reference.shared_parameter_names = shared
+    return policy, reference.eval()

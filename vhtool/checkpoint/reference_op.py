@@ -1,0 +1,160 @@
+"""``vhtool make-reference``: a frozen reference checkpoint of a policy, recording which tensors it shares.
+
+Built from files like ``init``: the policy's weight files are copied (or linked) as they are, so
+the reference loads on its own anywhere; ``vhtool.json`` records the block pattern, N, the exact
+shared tensor names and the sha256 of the policy files it was made from, so that
+``vhtool.load_policy_and_reference`` can share those tensors in memory and refuse a policy whose
+shared layers have changed since.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.blocks import find_blocks, shared_tensor_names
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file
+from vhtool.checkpoint.init_op import copy_aux_files
+from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint, safe_member
+from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.errors import InputError
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    out: Path
+    shared_layers: int | None
+    pattern: str
+    num_blocks: int
+    shared_tensors: list[str]
+    files: list[FileRecord]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "shared_layers": self.shared_layers,
+            "pattern": self.pattern,
+            "num_blocks": self.num_blocks,
+            "shared_tensors": len(self.shared_tensors),
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def default_reference_name(policy: Path) -> Path:
+    p = policy.absolute()
+    return p.parent / f"{p.name}-reference"
+
+
+def make_reference(
+    policy: Path,
+    out: Path,
+    *,
+    shared_layers: int | None,
+    pattern: str | None = None,
+    link: str = "auto",
+    force: bool = False,
+    want_hash: bool = False,
+    progress_factory: Callable[[int], Progress] | None = None,
+    durable: bool = True,
+) -> ReferenceResult:
+    """Writes a frozen reference of ``policy`` to ``out`` (atomically), sharing embeddings + the first N blocks.
+
+    Args:
+        policy: a policy checkpoint directory (made by ``vhtool init`` or any value-head checkpoint).
+        out: the reference directory.
+        shared_layers: N, the number of leading blocks shared with the policy; ``None`` for a full
+            frozen copy that shares nothing.
+        pattern: the block pattern (``model.layers.{layer}``) when detection from names is not wanted.
+        link, force, want_hash, progress_factory, durable: as for ``init``.
+
+    Raises:
+        InputError: POLICY is not a checkpoint or is itself a reference, N out of range, a pattern
+            that matches nothing, OUT exists without ``force``.
+    """
+    started = time.perf_counter()
+    if link not in LINK_MODES:
+        raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
+    out = Path(out)
+    check_output_target(out, force=force)
+    ckpt = open_checkpoint(policy)
+    manifest = ckpt.manifest or {}
+    if manifest.get("role") == "reference":
+        raise InputError(f"{policy}: is a reference checkpoint (vhtool.json role 'reference'); pass the policy.")
+    if out.absolute() == ckpt.path.absolute():
+        raise InputError(f"{out}: the output would overwrite the policy; choose another -o.")
+    names = [n for n in ckpt.tensors if not n.startswith("v_head.")]
+    blocks = find_blocks(names, pattern)
+    shared = shared_tensor_names(names, blocks, shared_layers) if shared_layers is not None else []
+    if shared_layers is None and pattern is not None:
+        find_blocks(names, pattern)  # a typo is an error even for a full copy
+    notes: list[str] = []
+    recorded = {k: v.get("sha256") for k, v in (manifest.get("files") or {}).items() if isinstance(v, dict)}
+    total = sum((ckpt.path / f).stat().st_size for f in ckpt.weight_files)
+    progress = progress_factory(total) if progress_factory else None
+
+    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+        copy_aux_files(ckpt.path, tmp)
+        records: list[FileRecord] = []
+        extra = [INDEX_FILE] if ckpt.sharded else []
+        if ckpt.sidecar is not None:
+            extra.append(SIDECAR_FILE)
+        for name in ckpt.weight_files + [e for e in extra if e == SIDECAR_FILE]:
+            src = safe_member(ckpt.path, name, "the index")
+            records.append(
+                place_file(
+                    src,
+                    tmp / name,
+                    mode=link,
+                    name=name,
+                    want_hash=want_hash,
+                    known_sha256=recorded.get(name) or hub_blob_sha256(src),
+                    progress=progress,
+                )
+            )
+        if ckpt.sharded:
+            (tmp / INDEX_FILE).write_bytes(safe_member(ckpt.path, INDEX_FILE, "the index").read_bytes())
+        policy_files = {r.name: r.sha256 for r in records if r.name != SIDECAR_FILE}
+        if any(v is None for v in policy_files.values()):
+            notes.append("linked policy files were not hashed (pass --hash); drift is then checked tensor by tensor")
+        doc = copy.deepcopy(manifest) if manifest else new_manifest(role="reference", architecture=_arch(ckpt.config))
+        doc.pop("reward_adapter", None)  # the reference is the frozen policy, not a scorer
+        doc.update(
+            role="reference",
+            architecture=doc.get("architecture") or _arch(ckpt.config),
+            files=files_section(records),
+            reference={
+                "shared_layers": shared_layers,
+                "pattern": blocks.pattern,
+                "num_blocks": blocks.num_blocks,
+                "frozen": True,
+                "shared_tensors": shared,
+                "policy": {"path": str(ckpt.path.resolve()), "files": policy_files},
+            },
+        )
+        from vhtool._version import __version__
+
+        doc["vhtool_version"] = __version__
+        write_manifest(tmp, doc)
+    return ReferenceResult(
+        out=out,
+        shared_layers=shared_layers,
+        pattern=blocks.pattern,
+        num_blocks=blocks.num_blocks,
+        shared_tensors=shared,
+        files=records,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def _arch(config: dict[str, Any]) -> str:
+    return "seq2seq" if config.get("is_encoder_decoder") else "causal"
