@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
+import sys
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
@@ -56,17 +57,25 @@ class HeadSpec:
             raise InputError(f"--seed must be >= 0, got {self.seed}.")
 
 
-def make_value_head(hidden: int, spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic float32 ``weight [1, hidden]`` and ``bias [1]`` from ``spec`` (numpy PCG64, no torch)."""
-    rng = np.random.Generator(np.random.PCG64(spec.seed))
+def make_value_head(hidden: int, spec: HeadSpec) -> tuple[array, array]:
+    """Deterministic float32 ``weight [1, hidden]`` and ``bias [1]`` (row-major) from ``spec``.
+
+    Drawn with Python's Mersenne Twister seeded by ``spec.seed`` (no numpy or torch import, so
+    ``init`` starts fast and stays small): ``random`` is nn.Linear's default distribution
+    U(-1/sqrt(hidden), 1/sqrt(hidden)) for weight and bias, ``normal`` is N(0, range) with a zero bias.
+    """
+    rng = random.Random(spec.seed)
     if spec.strategy == "normal":
-        weight = rng.normal(0.0, spec.initializer_range, size=(1, hidden))
-        bias = np.zeros((1,))
-    else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), same for bias
+        weight = array("f", (rng.gauss(0.0, spec.initializer_range) for _ in range(hidden)))
+        bias = array("f", [0.0])
+    else:  # kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias
         bound = 1.0 / math.sqrt(hidden)
-        weight = rng.uniform(-bound, bound, size=(1, hidden))
-        bias = rng.uniform(-bound, bound, size=(1,))
-    return weight.astype("<f4"), bias.astype("<f4")
+        weight = array("f", (rng.uniform(-bound, bound) for _ in range(hidden)))
+        bias = array("f", [rng.uniform(-bound, bound)])
+    if sys.byteorder != "little":  # safetensors is little-endian
+        weight.byteswap()
+        bias.byteswap()
+    return weight, bias
 
 
 @dataclass(frozen=True)
