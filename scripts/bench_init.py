@@ -68,10 +68,15 @@ def main() -> None:
     # warm the page cache once
     hashlib_pass(src)
     cp_out = out_dir / "cp"
-    results["cp -r"] = dict(zip(("wall_s", "rss_mib"), median_of(["cp", "-r", str(src), str(cp_out)], cp_out, args.runs)))
+    results["cp -r"] = dict(
+        zip(("wall_s", "rss_mib"), median_of(["cp", "-r", str(src), str(cp_out)], cp_out, args.runs))
+    )
     results["hashlib.sha256"] = {"wall_s": statistics.median(hashlib_pass(src) for _ in range(args.runs))}
     out = out_dir / "vh"
-    for label, extra in (("vhtool init (copy)", ["--link", "copy"]), ("vhtool init (hardlink)", ["--link", "hardlink"])):
+    for label, extra in (
+        ("vhtool init (copy)", ["--link", "copy"]),
+        ("vhtool init (hardlink)", ["--link", "hardlink"]),
+    ):
         wall, rss = median_of([*VHTOOL, "init", str(src), "-o", str(out), "--quiet", *extra], out, args.runs)
         results[label] = {"wall_s": wall, "rss_mib": rss}
     wall, rss = median_of([*VHTOOL, "init", str(src), "-o", str(out), "--quiet", "--no-fsync"], out, args.runs)
@@ -128,7 +133,9 @@ def main() -> None:
         "goals": {
             "init copy <= 1.3x max(cp -r, hashlib)": results["vhtool init (copy)"]["wall_s"] <= 1.3 * yardstick,
             "init hardlink <= 2 s": results["vhtool init (hardlink)"]["wall_s"] <= 2.0,
-            "init rss <= 400 MiB": max(results["vhtool init (copy)"]["rss_mib"], results["vhtool init (hardlink)"]["rss_mib"])
+            "init rss <= 400 MiB": max(
+                results["vhtool init (copy)"]["rss_mib"], results["vhtool init (hardlink)"]["rss_mib"]
+            )
             <= 400,
         },
     }

@@ -143,9 +143,7 @@ def median_runs(make_cmd, n: int = 5, before=None) -> Run:  # type: ignore[no-un
         if before:
             before()
         runs.append(run_measured(make_cmd()))
-    return Run(
-        wall=statistics.median(r.wall for r in runs), max_rss_mib=max(r.max_rss_mib for r in runs), rc=0
-    )
+    return Run(wall=statistics.median(r.wall for r in runs), max_rss_mib=max(r.max_rss_mib for r in runs), rc=0)
 
 
 def dir_size(path: Path) -> int:

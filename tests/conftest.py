@@ -34,45 +34,99 @@ def tiny_config(arch: str, **overrides: Any) -> Any:
     layers = overrides.pop("layers", 2)
     common: dict[str, Any] = {"vocab_size": VOCAB}
     if arch == "gpt2":
-        cfg = tf.GPT2Config(n_layer=layers, n_embd=h, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **common)
+        cfg = tf.GPT2Config(
+            n_layer=layers, n_embd=h, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **common
+        )
     elif arch == "opt":
         cfg = tf.OPTConfig(
-            hidden_size=h, ffn_dim=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-            max_position_embeddings=128, word_embed_proj_dim=h // 2, pad_token_id=1, bos_token_id=2,
-            eos_token_id=2, **common,
+            hidden_size=h,
+            ffn_dim=2 * h,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            word_embed_proj_dim=h // 2,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=2,
+            **common,
         )
     elif arch == "gpt-neo":
         cfg = tf.GPTNeoConfig(
-            hidden_size=h, num_layers=layers, num_heads=4, attention_types=[[["global", "local"], layers // 2 or 1]],
-            max_position_embeddings=128, bos_token_id=0, eos_token_id=0, **common,
+            hidden_size=h,
+            num_layers=layers,
+            num_heads=4,
+            attention_types=[[["global", "local"], layers // 2 or 1]],
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            **common,
         )
         if layers % 2:
             cfg.attention_layers = cfg.attention_layers[:layers]
     elif arch == "gpt-neox":
         cfg = tf.GPTNeoXConfig(
-            hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-            max_position_embeddings=128, bos_token_id=0, eos_token_id=0, **common,
+            hidden_size=h,
+            intermediate_size=2 * h,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            **common,
         )
     elif arch == "llama":
         cfg = tf.LlamaConfig(
-            hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, **common,
+            hidden_size=h,
+            intermediate_size=2 * h,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            **common,
         )
     elif arch == "qwen2":
         cfg = tf.Qwen2Config(
-            hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, **common,
+            hidden_size=h,
+            intermediate_size=2 * h,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            **common,
         )
     elif arch == "t5":
         cfg = tf.T5Config(
-            d_model=h, d_ff=2 * h, num_layers=layers, num_heads=4, d_kv=h // 4, decoder_start_token_id=0,
-            pad_token_id=0, eos_token_id=1, relative_attention_num_buckets=8, **common,
+            d_model=h,
+            d_ff=2 * h,
+            num_layers=layers,
+            num_heads=4,
+            d_kv=h // 4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+            relative_attention_num_buckets=8,
+            **common,
         )
     elif arch == "bart":
         cfg = tf.BartConfig(
-            d_model=h, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=2 * h, decoder_ffn_dim=2 * h, max_position_embeddings=128,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2, **common,
+            d_model=h,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=2 * h,
+            decoder_ffn_dim=2 * h,
+            max_position_embeddings=128,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            forced_eos_token_id=2,
+            **common,
         )
     else:
         raise ValueError(arch)

@@ -49,7 +49,9 @@ def plain_logits(path: Path, arch: str) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sharded", [False, True])
 @pytest.mark.parametrize("link", LINKS)
-def test_init_output_loads_everywhere(arch: str, sharded: bool, link: str, saved_model: Any, cli: Any, tmp_path: Path) -> None:
+def test_init_output_loads_everywhere(
+    arch: str, sharded: bool, link: str, saved_model: Any, cli: Any, tmp_path: Path
+) -> None:
     src = saved_model(arch, sharded=sharded)
     out = tmp_path / "out"
     res = cli("init", src, "-o", out, "--v-head-init", "normal", "--seed", "3", "--link", link, "--json")
@@ -75,7 +77,11 @@ def test_init_output_loads_everywhere(arch: str, sharded: bool, link: str, saved
         if link == "symlink" and rec["how"] == "symlink":
             assert (out / name).is_symlink()
     # loads in vhtool with the recorded head
-    cls = vhtool.AutoModelForSeq2SeqLMWithValueHead if arch in SEQ2SEQ_ARCHS else vhtool.AutoModelForCausalLMWithValueHead
+    cls = (
+        vhtool.AutoModelForSeq2SeqLMWithValueHead
+        if arch in SEQ2SEQ_ARCHS
+        else vhtool.AutoModelForCausalLMWithValueHead
+    )
     model = cls.from_pretrained(str(out))
     assert model.v_head_loaded
     assert torch.equal(model.v_head.summary.weight.detach(), heads["v_head.summary.weight"])
@@ -172,7 +178,10 @@ def test_source_with_value_head_needs_force(saved_model: Any, cli: Any, tmp_path
     res = cli("init", tmp_path / "p", "-o", tmp_path / "q", "--force", "--seed", "2", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["reinitialised"] is True
     with safe_open(str(tmp_path / "q" / "model.safetensors"), "pt") as fh:
-        assert sorted(k for k in fh.keys() if k.startswith("v_head")) == ["v_head.summary.bias", "v_head.summary.weight"]
+        assert sorted(k for k in fh.keys() if k.startswith("v_head")) == [  # noqa: SIM118
+            "v_head.summary.bias",
+            "v_head.summary.weight",
+        ]
     assert torch.equal(plain_logits(tmp_path / "q", "gpt2"), plain_logits(src, "gpt2"))
 
 

@@ -22,7 +22,11 @@ ALL_ARCHS = CAUSAL_ARCHS + SEQ2SEQ_ARCHS
 
 
 def wrapper_cls(arch: str) -> Any:
-    return vhtool.AutoModelForSeq2SeqLMWithValueHead if arch in SEQ2SEQ_ARCHS else vhtool.AutoModelForCausalLMWithValueHead
+    return (
+        vhtool.AutoModelForSeq2SeqLMWithValueHead
+        if arch in SEQ2SEQ_ARCHS
+        else vhtool.AutoModelForCausalLMWithValueHead
+    )
 
 
 def trl_cls(arch: str) -> Any:
@@ -111,7 +115,9 @@ def test_normal_init_statistics_on_a_wide_head() -> None:
     for rng in (0.2, 0.05):
         head = vhtool.ValueHead(cfg)
         wrapper = SimpleNamespace(v_head=head)
-        vhtool.PreTrainedModelWrapper._init_weights(wrapper, v_head_init_strategy="normal", v_head_initializer_range=rng)
+        vhtool.PreTrainedModelWrapper._init_weights(
+            wrapper, v_head_init_strategy="normal", v_head_initializer_range=rng
+        )
         std = head.summary.weight.std().item()
         assert abs(std - rng) / rng < 0.1
         assert head.summary.bias.item() == 0.0
@@ -128,7 +134,12 @@ def test_unknown_init_strategy_raises() -> None:
 def test_kwargs_are_split(saved_model: Any) -> None:
     cls = vhtool.AutoModelForCausalLMWithValueHead
     head, rest, kbit = cls._split_kwargs(
-        {"summary_dropout_prob": 0.0, "v_head_initializer_range": 0.1, "use_gradient_checkpointing": True, "dtype": "x"}
+        {
+            "summary_dropout_prob": 0.0,
+            "v_head_initializer_range": 0.1,
+            "use_gradient_checkpointing": True,
+            "dtype": "x",
+        }
     )
     assert head == {"summary_dropout_prob": 0.0, "v_head_initializer_range": 0.1}
     assert kbit == {"use_gradient_checkpointing": True}
@@ -290,13 +301,27 @@ def test_reference_shares_exactly_embeddings_and_first_blocks(arch: str, n: int,
     ref = vhtool.create_reference_model(policy, num_shared_layers=n)
     pol = dict(policy.named_parameters())
     shared = set(ref.shared_parameter_names)
-    container = {"gpt2": "transformer.h", "opt": "model.decoder.layers", "gpt-neox": "gpt_neox.layers",
-                 "llama": "model.layers", "t5": "encoder.block"}[arch]
+    container = {
+        "gpt2": "transformer.h",
+        "opt": "model.decoder.layers",
+        "gpt-neox": "gpt_neox.layers",
+        "llama": "model.layers",
+        "t5": "encoder.block",
+    }[arch]
     for name, p in ref.named_parameters():
         is_block = f".{container}." in f".{name}"
         idx = int(name.split(f"{container}.")[1].split(".")[0]) if is_block else None
-        embedding = name.endswith(("wte.weight", "wpe.weight", "shared.weight", "embed_tokens.weight",
-                                   "embed_positions.weight", "embed_in.weight", "project_in.weight"))
+        embedding = name.endswith(
+            (
+                "wte.weight",
+                "wpe.weight",
+                "shared.weight",
+                "embed_tokens.weight",
+                "embed_positions.weight",
+                "embed_in.weight",
+                "project_in.weight",
+            )
+        )
         expect_shared = (idx is not None and idx < n) or (idx is None and embedding)
         assert (name in shared) == expect_shared, name
         if name in shared:

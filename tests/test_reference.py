@@ -104,10 +104,14 @@ def test_reference_records_policy_files_and_loads_on_its_own(policy_of: Any, cli
     assert manifest["reference"]["policy"]["files"] == {k: v["sha256"] for k, v in pol_manifest["files"].items()}
     alone = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "ref"))
     policy = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(policy_dir))
-    assert all(torch.equal(a, b) for a, b in zip(run_forward(alone.eval(), "llama"), run_forward(policy.eval(), "llama")))
+    assert all(
+        torch.equal(a, b) for a, b in zip(run_forward(alone.eval(), "llama"), run_forward(policy.eval(), "llama"))
+    )
 
 
-def test_default_output_and_policy_from_current_directory(policy_of: Any, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_output_and_policy_from_current_directory(
+    policy_of: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     policy_dir = policy_of("gpt2")
     monkeypatch.chdir(policy_dir)
     res = cli("make-reference", "--shared-layers", "1")
@@ -137,7 +141,9 @@ def test_changes_outside_the_shared_layers_are_fine(policy_of: Any, cli: Any, tm
     shutil.rmtree(policy_dir)
     model.save_pretrained(policy_dir)
     policy, ref = vhtool.load_policy_and_reference(policy_dir, tmp_path / "ref")
-    assert not torch.equal(ref.pretrained_model.transformer.h[1].mlp.c_fc.weight, policy.pretrained_model.transformer.h[1].mlp.c_fc.weight)
+    assert not torch.equal(
+        ref.pretrained_model.transformer.h[1].mlp.c_fc.weight, policy.pretrained_model.transformer.h[1].mlp.c_fc.weight
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vhtool._version import __version__
+from vhtool._version import __version__  # noqa: F401  (re-exported)
 
 _LAZY = {
     "AutoModelForCausalLMWithValueHead": "vhtool.models.value_head",

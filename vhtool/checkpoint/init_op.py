@@ -112,7 +112,11 @@ def default_output_name(model: str) -> str:
 def architecture_of(config: dict[str, Any], where: Path) -> str:
     """``causal`` or ``seq2seq`` from the config; refuses classifier checkpoints, which have no LM head."""
     archs = config.get("architectures") or []
-    if isinstance(archs, list) and archs and all(isinstance(a, str) and a.endswith(_CLASSIFIER_SUFFIXES) for a in archs):
+    if (
+        isinstance(archs, list)
+        and archs
+        and all(isinstance(a, str) and a.endswith(_CLASSIFIER_SUFFIXES) for a in archs)
+    ):
         raise InputError(
             f"{where}: is a {archs[0]} checkpoint with no language-model head; a policy needs one "
             "(`vhtool convert --to vhtool` moves a classifier's head into a value head)."

@@ -20,7 +20,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout; logs go to stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (only once the new one is complete).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace OUT if it exists (only once the new one is complete).")
+]
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output directory.", show_default=False)]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 LinkOpt = Annotated[
@@ -54,10 +56,19 @@ class Out:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
+
+    # Created on first use, so that a --json run never imports rich (inspect-layers start-up time).
+    @functools.cached_property
+    def err(self) -> Any:
         from rich.console import Console
 
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.console = Console(highlight=False, soft_wrap=True)
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @functools.cached_property
+    def console(self) -> Any:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
 
     @property
     def show_progress(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, OutOpt, Out, QuietOpt, RevisionOpt, handle_errors
+from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt, RevisionOpt, handle_errors
 
 
 @handle_errors

@@ -12,9 +12,9 @@ from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt,
 
 @handle_errors
 def make_reference_command(
-    policy: Annotated[Path, typer.Argument(help="Policy checkpoint directory (default: the current directory).")] = Path(
-        "."
-    ),
+    policy: Annotated[
+        Path, typer.Argument(help="Policy checkpoint directory (default: the current directory).")
+    ] = Path("."),
     shared_layers: Annotated[
         int | None,
         typer.Option(

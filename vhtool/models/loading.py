@@ -164,8 +164,11 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             else:
                 import torch
 
-                state = {k: v for k, v in torch.load(pickled, map_location="cpu", weights_only=True).items()
-                         if k.startswith("v_head.")}
+                state = {
+                    k: v
+                    for k, v in torch.load(pickled, map_location="cpu", weights_only=True).items()
+                    if k.startswith("v_head.")
+                }
                 if state:
                     return state, "pytorch_model.bin"
         return {}, None

@@ -84,7 +84,9 @@ def shared_parameter_names(model: nn.Module, container: BlockContainer, num_shar
         if m is not None:
             if int(m.group(1)) < num_shared_layers:
                 shared.append(name)
-        elif (name in embedding_modules or is_embedding_name(name)) and not embedding_after_blocks(name, container.pattern):
+        elif (name in embedding_modules or is_embedding_name(name)) and not embedding_after_blocks(
+            name, container.pattern
+        ):
             shared.append(name)
     return shared
 
@@ -92,7 +94,7 @@ def shared_parameter_names(model: nn.Module, container: BlockContainer, num_shar
 def create_reference_model(
     model: nn.Module, num_shared_layers: int | None = None, pattern: str | None = None
 ) -> nn.Module:
-    """A frozen ``eval()`` copy of ``model``; with ``num_shared_layers=N`` the embeddings and first N blocks are shared.
+    """A frozen ``eval()`` copy of ``model``; with ``num_shared_layers=N``, embeddings and first N blocks are shared.
 
     Shared parameters are the very same ``nn.Parameter`` objects in both models (frozen in both);
     they are never copied, not even transiently (the deep copy is told to reuse them). Everything
