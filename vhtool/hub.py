@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhtool.builtin import BUILTIN_PREFIX
 from vhtool.errors import HubUnavailableError, InputError
-
-BUILTIN_PREFIX = "builtin:"
 
 #: What a snapshot download fetches: weights as safetensors, configs and tokenizer files.
 SNAPSHOT_PATTERNS = [
@@ -78,7 +76,7 @@ def resolve_source(
         if revision:
             raise InputError(f"{model}: --revision applies to Hub ids, not to a local directory.")
         return Source(path=path, kind="local", model=model)
-    if looks_like_path(model) or os.sep in model and model.count(os.sep) > 1:
+    if looks_like_path(model):
         raise InputError(f"{model}: no such file or directory.")
     return _download(model, revision=revision, allow_pickle=allow_pickle, token=token, cache_dir=cache_dir)
 

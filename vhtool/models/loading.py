@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhtool.builtin import BUILTIN_PREFIX
 from vhtool.checkpoint.layout import INDEX_FILE, MANIFEST_FILE, SIDECAR_FILE, SINGLE_FILE, safe_member
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.errors import CheckpointError, HubUnavailableError, InputError
-
-BUILTIN_PREFIX = "builtin:"
+from vhtool.hub import looks_like_path
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class Resolved:
     def manifest_reward(self) -> dict[str, Any] | None:
         entry = (self.manifest or {}).get("reward_adapter")
         return entry if isinstance(entry, dict) else None
-
-
-def looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def resolve_pretrained(
