@@ -145,7 +145,7 @@ def place_file(
             how = "copy"
     elif mode == "hardlink":
         try:
-            os.link(src, dst)
+            os.link(src.resolve(), dst)
         except OSError as exc:
             raise InputError(f"cannot hard-link {src} into {dst.parent} ({exc.strerror}); use --link copy.") from exc
     elif mode == "symlink":

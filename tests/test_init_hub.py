@@ -1,0 +1,57 @@
+"""`vhtool init` and `from_pretrained` with Hub ids, against the loopback Hub server (no internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi
+
+import vhtool
+from vhtool.builtin import builtin_path
+
+
+def upload(hub: Any, repo: str, folder: Path, *, branch: str | None = None) -> None:
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo(repo, exist_ok=True)
+    if branch:
+        api.create_branch(repo, branch=branch, exist_ok=True)
+    api.upload_folder(repo_id=repo, folder_path=str(folder), revision=branch)
+
+
+def test_init_from_hub_id_takes_hashes_from_the_cache(hub_server: Any, cli: Any, tmp_path: Path) -> None:
+    upload(hub_server, "user/tiny", builtin_path("tiny-gpt2"))
+    res = cli("init", "user/tiny", "-o", tmp_path / "p", "--link", "hardlink", "--json")
+    assert res.exit_code == 0, res.stderr
+    manifest = json.loads((tmp_path / "p" / "vhtool.json").read_text())
+    assert manifest["source"]["kind"] == "hub" and manifest["source"]["model"] == "user/tiny"
+    assert len(manifest["source"]["commit"]) == 40
+    for name, rec in manifest["files"].items():
+        # linked, yet hashed: the Hub cache names blobs by their sha256, so no read was needed
+        assert rec["sha256"] == hashlib.sha256((tmp_path / "p" / name).read_bytes()).hexdigest()
+
+
+def test_init_and_load_honour_revision(hub_server: Any, cli: Any, tmp_path: Path) -> None:
+    upload(hub_server, "user/tiny", builtin_path("tiny-gpt2"))
+    # a branch whose weights differ: a policy made by vhtool init of the same model
+    assert cli("init", "builtin:tiny-gpt2", "-o", tmp_path / "policy", "--v-head-init", "normal").exit_code == 0
+    upload(hub_server, "user/tiny", tmp_path / "policy", branch="with-head")
+    res = cli("init", "user/tiny", "-o", tmp_path / "again", "--revision", "with-head")
+    assert res.exit_code == 2 and "already has a value head" in res.stderr
+    assert cli("init", "user/tiny", "-o", tmp_path / "main").exit_code == 0
+
+    on_branch = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained("user/tiny", revision="with-head")
+    assert on_branch.v_head_loaded and on_branch.v_head_source == "user/tiny/model.safetensors"
+    local = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "policy"))
+    assert torch.equal(on_branch.v_head.summary.weight, local.v_head.summary.weight)
+    on_main = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained("user/tiny")
+    assert on_main.v_head_loaded is False
+
+
+def test_unknown_hub_repo_is_input_error(hub_server: Any, cli: Any, tmp_path: Path) -> None:
+    res = cli("init", "user/does-not-exist", "-o", tmp_path / "x")
+    assert res.exit_code == 2 and "user/does-not-exist" in res.stderr
+    assert not (tmp_path / "x").exists()
