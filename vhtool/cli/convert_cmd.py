@@ -1,12 +1,89 @@
-"""`vhtool convert` (being built under issue 10)."""
+"""``vhtool convert``: move a value or reward head between the conventions in use, out of core."""
 
 from __future__ import annotations
 
-from vhtool.cli.common import handle_errors
-from vhtool.errors import OperationError
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhtool.cli.common import ForceOpt, JsonOpt, Out, OutOpt, QuietOpt, handle_errors
 
 
 @handle_errors
-def convert_command() -> None:
-    """Not available yet in this build."""
-    raise OperationError("`vhtool convert` is not implemented in this build yet.")
+def convert_command(
+    src: Annotated[Path, typer.Argument(help="A local checkpoint directory (vhtool, sidecar, seq-cls or token-cls).")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help=(
+                "Target convention: vhtool (v_head.summary.* inline, TRL), sidecar (value_head.safetensors, "
+                "LLaMA-Factory), seq-cls or token-cls (HF ...ForSequence/TokenClassification with num_labels=1, "
+                "OpenRLHF, verl)."
+            ),
+            show_default=False,
+        ),
+    ],
+    output: OutOpt = None,
+    head_name: Annotated[
+        str | None,
+        typer.Option(
+            "--head-name",
+            help=(
+                "Head tensor name for seq-cls/token-cls: score, value_head (OpenRLHF) or classifier (GPT-2 family "
+                "token classifiers). Default: the source's value_head_prefix, else what transformers uses."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    pad_token_id: Annotated[
+        int | None,
+        typer.Option("--pad-token-id", help="Set pad_token_id in config.json (seq-cls needs one to score batches)."),
+    ] = None,
+    allow_lossy: Annotated[
+        bool,
+        typer.Option("--allow-lossy", help="Drop a non-zero bias the target cannot hold (recorded in vhtool.json)."),
+    ] = False,
+    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Convert SRC's value/reward head to another convention, renaming tensors in the headers.
+
+    SRC's convention is detected from its headers. Tensor bytes are streamed by the kernel, shard by
+    shard (constant memory); the LM head is dropped (classifier targets) or required (vhtool, sidecar);
+    config.json gets the target's architectures and num_labels=1. Information the target cannot hold
+    is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>.
+    """
+    from vhtool.checkpoint.convert_op import convert_checkpoint, default_output_name
+
+    out = Out(json_mode=json_out, quiet=quiet)
+    target = output if output is not None else Path(default_output_name(src, to))
+    with ExitStack() as stack:
+        factory = stack.enter_context(out.progress("converting"))
+        result = convert_checkpoint(
+            src,
+            target,
+            to=to,
+            head_name=head_name,
+            pad_token_id=pad_token_id,
+            allow_lossy=allow_lossy,
+            force=force,
+            progress_factory=factory,
+            durable=not no_fsync,
+        )
+    for warning in result.warnings:
+        out.warn(warning)
+    for note in result.notes:
+        out.info(note)
+    if json_out:
+        out.data(result.to_json())
+        return
+    lost = f"; lost: {', '.join(result.lost)}" if result.lost else ""
+    out.result(
+        f"Wrote {result.out} ({result.source_convention} -> {result.target}, head {', '.join(result.head_tensors)} "
+        f"in {result.head_file}, {result.layout}) in {result.seconds:.2f} s{lost}."
+    )
