@@ -44,16 +44,24 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: {what} is not valid JSON ({exc}).") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{path}: {what} is nested too deeply to be valid.") from exc
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: {what} must be a JSON object, got {type(doc).__name__}.")
     return doc
 
 
-def safe_member(root: Path, name: str, what: str) -> Path:
-    """Resolves ``name`` inside ``root``, refusing absolute paths, ``..`` and symlinks that leave ``root``."""
+def safe_member(root: Path, name: str, what: str, *, allow_link_out: bool = False) -> Path:
+    """Resolves ``name`` inside ``root``, refusing absolute paths, ``..`` and symlinks that leave ``root``.
+
+    ``allow_link_out`` accepts a symlink leading out of ``root`` (only for weight files that ``vhtool.json``
+    records as placed by ``--link symlink``); the name itself must still be inside ``root``.
+    """
     if not name or os.path.isabs(name) or "\\" in name or any(part == ".." for part in Path(name).parts):
         raise CheckpointError(f"{root}: {what} names {name!r}, which is not a file inside the checkpoint.")
     candidate = root / name
+    if allow_link_out and candidate.is_symlink() and "/" not in name.strip("/"):
+        return candidate
     try:
         real = candidate.resolve()
     except OSError as exc:  # e.g. a symlink loop
@@ -148,10 +156,14 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
             )
         raise InputError(f"{root}: not a checkpoint (no model.safetensors or model.safetensors.index.json).")
 
+    manifest = None
+    if (root / MANIFEST_FILE).is_file():
+        manifest = read_json_object(safe_member(root, MANIFEST_FILE, "vhtool.json"), "vhtool.json")
+    linked = symlinked_files(manifest)
     headers: dict[str, SafetensorsHeader] = {}
     tensors: dict[str, TensorLocation] = {}
     for name in weight_files:
-        member = safe_member(root, name, "the index")
+        member = safe_member(root, name, "the index", allow_link_out=name in linked)
         if not member.is_file():
             raise CheckpointError(f"{root}: the index names {name!r}, which does not exist.")
         hdr = read_header(member)
@@ -177,9 +189,6 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
     sidecar = None
     if (root / SIDECAR_FILE).is_file():
         sidecar = read_header(safe_member(root, SIDECAR_FILE, "the value-head sidecar"))
-    manifest = None
-    if (root / MANIFEST_FILE).is_file():
-        manifest = read_json_object(safe_member(root, MANIFEST_FILE, "vhtool.json"), "vhtool.json")
     return Checkpoint(
         path=root,
         config=config,
@@ -190,6 +199,14 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         sidecar=sidecar,
         manifest=manifest,
     )
+
+
+def symlinked_files(manifest: dict[str, Any] | None) -> set[str]:
+    """Weight files that ``vhtool.json`` records as placed by ``--link symlink`` (links that may leave the folder)."""
+    files = (manifest or {}).get("files")
+    if not isinstance(files, dict):
+        return set()
+    return {n for n, e in files.items() if isinstance(n, str) and isinstance(e, dict) and e.get("how") == "symlink"}
 
 
 def hidden_size(config: dict[str, Any]) -> int:

@@ -122,6 +122,8 @@ def parse_header_bytes(raw: bytes, *, path: Path, file_size: int) -> Safetensors
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc}).") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{path}: safetensors header is nested too deeply to be a header.") from exc
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object.")
     data_size = file_size - 8 - len(raw)

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.builtin import BUILTIN_PREFIX
-from vhtool.checkpoint.layout import INDEX_FILE, MANIFEST_FILE, SIDECAR_FILE, SINGLE_FILE, safe_member
+from vhtool.checkpoint.layout import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    SIDECAR_FILE,
+    SINGLE_FILE,
+    safe_member,
+    symlinked_files,
+)
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.errors import CheckpointError, HubUnavailableError, InputError
 from vhtool.hub import looks_like_path
@@ -138,7 +145,8 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
                 if k.startswith("v_head."):
                     files.setdefault(f, []).append(k)
             for f, keys in sorted(files.items()):
-                candidates.append((safe_member(root, f, "the index"), keys, f))
+                linked = symlinked_files(resolved.manifest)  # `--link symlink` outputs point outside, by design
+                candidates.append((safe_member(root, f, "the index", allow_link_out=f in linked), keys, f))
         elif (root / SINGLE_FILE).is_file():
             candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
         if (root / SIDECAR_FILE).is_file():

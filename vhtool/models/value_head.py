@@ -371,6 +371,10 @@ class PreTrainedModelWrapper(nn.Module):
             from safetensors.torch import save_file
 
             kwargs.pop("state_dict", None)
+            if self.supports_rm_adapter and "selected_adapters" not in kwargs:
+                # the reward adapter is loaded without its score head: saving it here would write a broken copy
+                own = [a for a in self.pretrained_model.peft_config if a != self.rm_adapter_name]
+                kwargs["selected_adapters"] = own
             result = self.pretrained_model.save_pretrained(*args, **kwargs)
             save_directory.mkdir(parents=True, exist_ok=True)
             head = {f"v_head.{k}": v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}

@@ -1,0 +1,620 @@
+"""``vhtool attach-reward-adapter``: a policy checkpoint plus a LoRA (or other PEFT) reward adapter, from files.
+
+The adapter is validated from its ``adapter_config.json`` and safetensors headers only (no torch,
+no model load): PEFT type, a score head of shape ``[1, hidden]``, the adapted modules present in the
+policy with matching shapes, the base architecture. The policy's weight files are placed like
+``init`` places them (reflink, copy, hard link or symlink) and the adapter is copied into a subfolder
+recorded in ``vhtool.json`` under ``reward_adapter``.
+
+Adapter tensors fall in three groups (see :func:`inspect_adapter`):
+
+* *tuner* tensors (``lora_A``, ``lora_B``, ``ia3_l``...): loaded by PEFT into the adapter;
+* the *score* head (``score.weight``, optional ``score.bias``): the reward head;
+* *override* tensors (LoRA ``bias="all"``/``"lora_only"`` biases, other ``modules_to_save``): base
+  tensors the reward model replaced. vhtool swaps them in only while scoring, so the policy's own
+  forward is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.conventions import find_heads
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hash_file, hub_blob_sha256, place_file
+from vhtool.checkpoint.layout import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    SIDECAR_FILE,
+    Checkpoint,
+    hidden_size,
+    open_checkpoint,
+    read_json_object,
+    safe_member,
+    symlinked_files,
+)
+from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.safetensors_io import read_header
+from vhtool.errors import CheckpointError, InputError
+
+DEFAULT_ADAPTER_NAME = "reward_model_adapter"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
+#: The PEFT prefix of every saved key (``PeftModel.base_model.model``).
+PEFT_PREFIX = "base_model.model."
+#: Module names a reward head goes by (TRL's ``supported_rm_modules``).
+SCORE_MODULES = ("score",)
+#: Parameter-name prefixes of PEFT tuner layers (LoRA, AdaLoRA, IA3, LoHa, LoKr, VeRA, OFT, BOFT, ...).
+TUNER_PREFIXES = (
+    "lora_",
+    "ia3_",
+    "hada_",
+    "lokr_",
+    "vera_",
+    "oft_",
+    "boft_",
+    "fourierft_",
+    "hra_",
+    "vblora_",
+    "ranklist",
+)
+_NOT_COPIED_FROM_ADAPTER = {ADAPTER_PICKLE, ".gitattributes"}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What a PEFT adapter directory holds, read from its config and safetensors header.
+
+    Attributes:
+        path: the adapter directory.
+        config: the parsed ``adapter_config.json``.
+        peft_type: e.g. ``LORA``.
+        weights_file: ``adapter_model.safetensors`` (or ``adapter_model.bin`` when pickles are allowed).
+        shapes: every saved tensor name -> shape (empty for a pickle not yet read).
+        score_keys: ``weight`` (and ``bias``) -> the saved key of the score head.
+        score_shape: ``[num_labels, hidden]``.
+        tuner_keys: saved keys of tuner tensors (module path -> list of keys).
+        override_keys: saved key -> policy tensor name, for base tensors the adapter replaces.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    peft_type: str
+    weights_file: str
+    shapes: dict[str, tuple[int, ...]]
+    score_keys: dict[str, str]
+    score_shape: tuple[int, ...]
+    tuner_keys: dict[str, list[str]]
+    override_keys: dict[str, str]
+
+    @property
+    def target_modules(self) -> list[str] | str | None:
+        tm = self.config.get("target_modules")
+        if isinstance(tm, (list, tuple, set)):
+            return sorted(str(t) for t in tm)
+        return tm if isinstance(tm, str) else None
+
+    @property
+    def has_score_bias(self) -> bool:
+        return "bias" in self.score_keys
+
+
+@dataclass(frozen=True)
+class AttachResult:
+    """What ``attach-reward-adapter`` wrote."""
+
+    out: Path
+    adapter_name: str
+    adapter_source: dict[str, Any]
+    peft_type: str
+    score_shape: tuple[int, ...]
+    target_modules: list[str] | str | None
+    adapted_modules: int
+    files: list[FileRecord]
+    adapter_files: dict[str, dict[str, Any]]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "reward_adapter": {
+                "name": self.adapter_name,
+                "subfolder": self.adapter_name,
+                "source": self.adapter_source,
+                "peft_type": self.peft_type,
+                "score_shape": list(self.score_shape),
+                "target_modules": self.target_modules,
+                "adapted_modules": self.adapted_modules,
+                "files": self.adapter_files,
+            },
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def default_output_name(policy: Path) -> Path:
+    """``<POLICY>-with-reward`` next to the policy."""
+    p = Path(policy)
+    name = p.resolve().name or "policy"
+    return p.parent / f"{name}-with-reward" if str(p.parent) else Path(f"{name}-with-reward")
+
+
+def _tuner_split(rel: str) -> tuple[str, str] | None:
+    """``(module path, tuner part)`` when ``rel`` is a tuner tensor (``x.y.lora_A.weight``), else ``None``."""
+    parts = rel.split(".")
+    for i, part in enumerate(parts):
+        if i and part.startswith(TUNER_PREFIXES):
+            return ".".join(parts[:i]), ".".join(parts[i:])
+    return None
+
+
+def _score_split(rel: str) -> tuple[str, str] | None:
+    """``(module, "weight"|"bias")`` for a saved score-head key, in PEFT's plain or ``modules_to_save`` form."""
+    parts = rel.split(".")
+    if len(parts) < 2 or parts[-1] not in ("weight", "bias"):
+        return None
+    stem = parts[:-1]
+    if len(stem) >= 3 and stem[-2] == "modules_to_save":
+        stem = stem[:-2]
+    elif stem and stem[-1] == "original_module":
+        return None  # an old PEFT copy of the untrained head: never the reward head
+    if len(stem) == 1 and stem[0] in SCORE_MODULES:
+        return stem[0], parts[-1]
+    return None
+
+
+def _base_name(rel: str) -> str:
+    """The policy tensor a saved non-tuner key stands for (``x.base_layer.bias`` -> ``x.bias``)."""
+    parts = [p for p in rel.split(".") if p != "base_layer"]
+    if len(parts) >= 4 and parts[-3] == "modules_to_save":
+        parts = parts[:-3] + parts[-1:]
+    return ".".join(parts)
+
+
+def adapter_member(folder: Path, name: str, what: str) -> Path:
+    """:func:`safe_member` for an adapter folder, which may be a subfolder of a Hub-cache snapshot.
+
+    Files of a Hub snapshot are links into the repo's ``blobs/``; ``safe_member`` accepts those for a
+    snapshot's top level only, so for a snapshot's subfolder the link is checked against ``blobs/`` here.
+    """
+    try:
+        return safe_member(folder, name, what)
+    except CheckpointError:
+        real_folder = folder.resolve()
+        snap = next((p for p in real_folder.parents if p.parent.name == "snapshots"), None)
+        if snap is None or not snap.parent.parent.name.startswith("models--") or not (folder / name).is_symlink():
+            raise
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise
+        blobs = snap.parent.parent / "blobs"
+        if (folder / name).resolve().parent != blobs:
+            raise
+        return folder / name
+
+
+def inspect_adapter(path: Path, *, allow_pickle: bool = False) -> AdapterInfo:
+    """Reads and validates a reward adapter directory from its config and weights header.
+
+    Raises:
+        InputError: not a PEFT adapter directory, pickle weights without ``allow_pickle``, or a score head
+            that is missing or not ``[1, hidden]``.
+        CheckpointError: a malformed config or safetensors header.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: not a directory; ADAPTER must be a PEFT adapter directory or a Hub id.")
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise InputError(
+            f"{path}: not a PEFT adapter directory (no {ADAPTER_CONFIG}); pass the folder written by "
+            "PeftModel.save_pretrained."
+        )
+    config = read_json_object(adapter_member(path, ADAPTER_CONFIG, ADAPTER_CONFIG), ADAPTER_CONFIG)
+    peft_type = config.get("peft_type")
+    if not isinstance(peft_type, str) or not peft_type:
+        raise InputError(f"{path / ADAPTER_CONFIG}: no peft_type; this is not a PEFT adapter config.")
+    if config.get("is_prompt_learning") or peft_type.upper() in (
+        "PROMPT_TUNING",
+        "P_TUNING",
+        "PREFIX_TUNING",
+        "MULTITASK_PROMPT_TUNING",
+        "CPT",
+    ):
+        raise InputError(f"{path}: a {peft_type} (prompt-learning) adapter cannot be a reward adapter; use LoRA.")
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    if (path / ADAPTER_WEIGHTS).is_file():
+        weights_file = ADAPTER_WEIGHTS
+        hdr = read_header(adapter_member(path, ADAPTER_WEIGHTS, "the adapter weights"))
+        shapes = {name: info.shape for name, info in hdr.tensors.items()}
+    elif (path / ADAPTER_PICKLE).is_file():
+        if not allow_pickle:
+            raise InputError(
+                f"{path}: the adapter weights are a pickle ({ADAPTER_PICKLE}); vhtool never unpickles by default. "
+                "Pass --allow-pickle to read it with weights_only=True (it is stored as safetensors in OUT)."
+            )
+        weights_file = ADAPTER_PICKLE
+        shapes = _pickle_shapes(adapter_member(path, ADAPTER_PICKLE, "the adapter weights"))
+    else:
+        raise InputError(f"{path}: no {ADAPTER_WEIGHTS} (a PEFT adapter directory has its config and weights).")
+
+    score_keys: dict[str, str] = {}
+    tuner_keys: dict[str, list[str]] = {}
+    override_keys: dict[str, str] = {}
+    for key in sorted(shapes):
+        rel = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
+        score = _score_split(rel)
+        if score is not None:
+            score_keys[score[1]] = key
+            continue
+        if rel.split(".")[0] in SCORE_MODULES:
+            continue  # e.g. score.original_module.weight
+        tuner = _tuner_split(rel)
+        if tuner is not None:
+            tuner_keys.setdefault(tuner[0], []).append(key)
+        else:
+            override_keys[key] = _base_name(rel)
+    if "weight" not in score_keys:
+        raise InputError(
+            f"{path}: the adapter has no score head (no score.weight among its tensors), so its rewards would come "
+            'from a random head. Train the reward model with PEFT task_type="SEQ_CLS" or '
+            'modules_to_save=["score"] so the head is saved with the adapter.'
+        )
+    score_shape = shapes[score_keys["weight"]]
+    if len(score_shape) != 2:
+        raise InputError(f"{path}: score head has shape {list(score_shape)}; a reward head is [1, hidden].")
+    if score_shape[0] != 1:
+        raise InputError(
+            f"{path}: score head has shape {list(score_shape)} ({score_shape[0]} labels); a reward model has one "
+            "output (num_labels=1). A 2-label classifier's logits are not a scalar reward."
+        )
+    if "bias" in score_keys and shapes[score_keys["bias"]] != (1,):
+        raise InputError(f"{path}: score bias has shape {list(shapes[score_keys['bias']])}; expected [1].")
+    if not tuner_keys:
+        raise InputError(f"{path}: the adapter holds no {peft_type} tensors (only a score head); nothing to attach.")
+    return AdapterInfo(
+        path=path,
+        config=config,
+        peft_type=peft_type,
+        weights_file=weights_file,
+        shapes=shapes,
+        score_keys=score_keys,
+        score_shape=score_shape,
+        tuner_keys=tuner_keys,
+        override_keys=override_keys,
+    )
+
+
+def _pickle_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _base_model_type(info: AdapterInfo) -> str | None:
+    """The ``model_type`` of the base the adapter was trained on, when its config can be found locally."""
+    base = info.config.get("base_model_name_or_path")
+    candidates = [info.path / "config.json"]
+    if isinstance(base, str) and base:
+        candidates.append(Path(base).expanduser() / "config.json")
+    for cand in candidates:
+        try:
+            if cand.is_file():
+                doc = json.loads(cand.read_text(encoding="utf-8"))
+                mt = doc.get("model_type") if isinstance(doc, dict) else None
+                if isinstance(mt, str):
+                    return mt
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _target_matches(target: str, module: str) -> bool:
+    return module == target or module.endswith("." + target)
+
+
+def check_fit(
+    info: AdapterInfo, tensors: Mapping[str, tuple[int, ...]], config: Mapping[str, Any], *, where: str
+) -> dict[str, str]:
+    """Checks that the adapter fits a policy given its tensor shapes and config; returns adapted module paths.
+
+    Args:
+        info: the inspected adapter.
+        tensors: the policy's tensor names -> shapes (by header, or a live model's parameters).
+        config: the policy's config as a dict.
+        where: how to name the policy in messages.
+
+    Returns:
+        adapter module path -> the policy module path it adapts.
+
+    Raises:
+        InputError: another architecture, another hidden size, or target modules the policy lacks.
+    """
+    policy_type = config.get("model_type")
+    base_type = _base_model_type(info)
+    base_name = info.config.get("base_model_name_or_path") or "unknown"
+    if config.get("is_encoder_decoder"):
+        raise InputError(f"{where}: reward adapters are supported on causal-LM policies, not encoder-decoders.")
+    if base_type is not None and policy_type is not None and base_type != policy_type:
+        raise InputError(
+            f"the adapter was trained on a {base_type} model ({base_name}) but {where} is a {policy_type}; "
+            "attach it to a policy of the same architecture."
+        )
+    hidden = hidden_size(dict(config))
+    if info.score_shape[1] != hidden:
+        raise InputError(
+            f"the adapter's score head reads hidden size {info.score_shape[1]} but {where} has hidden size {hidden}; "
+            f"the adapter was trained on another model ({base_name})."
+        )
+    modules: dict[str, str] = {}
+    module_names = {n.rsplit(".", 1)[0] for n in tensors if "." in n}
+    for mod, keys in sorted(info.tuner_keys.items()):
+        target = _policy_module(mod, module_names)
+        if target is None:
+            raise InputError(
+                f"the adapter adapts {mod!r}, which {where} does not have; it was trained for another architecture "
+                f"({base_name}, {base_type or 'unknown type'}) than the policy ({policy_type})."
+            )
+        modules[mod] = target
+        _check_lora_shapes(info, mod, keys, tensors.get(f"{target}.weight"), where=where)
+    for key, name in sorted(info.override_keys.items()):
+        target_name = _policy_tensor(name, tensors)
+        if target_name is None:
+            raise InputError(
+                f"the adapter replaces tensor {name!r}, which {where} does not have; it was trained for another "
+                f"architecture ({base_name})."
+            )
+        if tuple(tensors[target_name]) != tuple(info.shapes[key]):
+            raise InputError(
+                f"the adapter's {name} has shape {list(info.shapes[key])} but {where} has "
+                f"{list(tensors[target_name])}; hidden sizes differ."
+            )
+    tm = info.config.get("target_modules")
+    policy_modules = sorted(module_names)
+    if isinstance(tm, str):
+        if not any(re.fullmatch(tm, m) for m in policy_modules):
+            raise InputError(f"target_modules pattern {tm!r} of the adapter matches no module of {where}.")
+    elif isinstance(tm, (list, tuple)):
+        missing = [t for t in tm if isinstance(t, str) and not any(_target_matches(t, m) for m in policy_modules)]
+        if missing:
+            raise InputError(
+                f"the adapter targets modules {missing} that {where} does not have; it was trained for another "
+                f"architecture ({base_name})."
+            )
+    return modules
+
+
+def _policy_module(mod: str, module_names: set[str]) -> str | None:
+    if mod in module_names:
+        return mod
+    # a policy saved from the bare backbone (no ``transformer.``/``model.`` prefix) or vice versa
+    tail = mod.split(".", 1)[1] if "." in mod else None
+    if tail and tail in module_names:
+        return tail
+    return None
+
+
+def _policy_tensor(name: str, tensors: Mapping[str, tuple[int, ...]]) -> str | None:
+    if name in tensors:
+        return name
+    tail = name.split(".", 1)[1] if "." in name else None
+    return tail if tail and tail in tensors else None
+
+
+def _check_lora_shapes(
+    info: AdapterInfo, mod: str, keys: list[str], weight: tuple[int, ...] | None, *, where: str
+) -> None:
+    """LoRA A/B (or embedding A/B) shapes against the adapted weight, for 2-D weights."""
+    if weight is None or len(weight) != 2:
+        return
+    a = next((info.shapes[k] for k in keys if k.endswith(("lora_A.weight", "lora_embedding_A"))), None)
+    b = next((info.shapes[k] for k in keys if k.endswith(("lora_B.weight", "lora_embedding_B"))), None)
+    if a is None or b is None or len(a) != 2 or len(b) != 2:
+        return
+    if any(k.endswith("lora_embedding_A") for k in keys):
+        pair = (a[1], b[0])  # embedding: A [r, num_embeddings], B [dim, r]
+        ok = tuple(weight) == pair
+    else:
+        fan_in, fan_out = a[1], b[0]  # Linear weight [out, in]; GPT-2 Conv1D [in, out]
+        ok = tuple(weight) in ((fan_out, fan_in), (fan_in, fan_out))
+    if not ok:
+        raise InputError(
+            f"the adapter's LoRA on {mod!r} maps {a[1]} -> {b[0]} features but {where}'s weight there is "
+            f"{list(weight)}; the hidden sizes differ (trained on {info.config.get('base_model_name_or_path')})."
+        )
+
+
+def policy_tensor_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    return {name: loc.info.shape for name, loc in ckpt.tensors.items()}
+
+
+def _check_adapter_name(name: str) -> None:
+    if not _SAFE_NAME.match(name) or name in ("default",):
+        raise InputError(
+            f"--adapter-name {name!r}: use letters, digits, '.', '_' or '-' (not 'default', the name PEFT gives "
+            "the policy's own adapter)."
+        )
+
+
+def attach_reward_adapter(
+    policy: Path,
+    adapter: Path,
+    out: Path,
+    *,
+    adapter_name: str = DEFAULT_ADAPTER_NAME,
+    adapter_source: dict[str, Any] | None = None,
+    link: str = "auto",
+    force: bool = False,
+    allow_pickle: bool = False,
+    want_hash: bool = False,
+    progress_factory: Callable[[int], Progress] | None = None,
+    durable: bool = True,
+) -> AttachResult:
+    """Writes OUT = ``policy``'s files + ``adapter`` in the subfolder ``adapter_name`` + the ``vhtool.json`` entry.
+
+    The policy must be a value-head checkpoint (``vhtool init`` output, or a TRL-saved checkpoint with
+    ``v_head.*`` weights); its ``vhtool.json`` is kept and gains ``reward_adapter`` (one is created for a
+    checkpoint that has none). Everything is validated before anything is written.
+
+    Args:
+        policy: the local policy checkpoint directory.
+        adapter: the local adapter directory (already downloaded when it came from the Hub).
+        out: the output directory.
+        adapter_name: the PEFT adapter name and the subfolder it is stored in.
+        adapter_source: what to record as the adapter's source (defaults to its local path).
+        link: how the policy's weight files get into ``out`` (see :data:`LINK_MODES`).
+        force: replace ``out`` if it exists.
+        allow_pickle: accept an ``adapter_model.bin`` (read with weights_only=True, stored as safetensors).
+        want_hash: hash linked (not copied) weight files too.
+        progress_factory: called with the total bytes, returns a callback taking byte counts.
+        durable: fsync before the final rename.
+
+    Raises:
+        InputError: any validation failure (exit 2); OutputExistsError when ``out`` exists without ``force``.
+    """
+    started = time.perf_counter()
+    if link not in LINK_MODES:
+        raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
+    _check_adapter_name(adapter_name)
+    out = Path(out)
+    check_output_target(out, force=force)
+    policy = Path(policy)
+    ckpt = open_checkpoint(policy)
+    if out.resolve() == ckpt.path.resolve():
+        raise InputError(f"{out}: the output would overwrite the policy; choose another -o.")
+    heads = [h for h in find_heads(ckpt) if h.convention in ("vhtool", "sidecar")]
+    if not heads:
+        raise InputError(
+            f"{policy}: not a value-head checkpoint (no v_head.summary.* tensors); run `vhtool init {policy}` first "
+            "and attach the adapter to its output."
+        )
+    manifest = dict(ckpt.manifest or {})
+    if manifest.get("role") not in (None, "policy"):
+        raise InputError(f"{policy}: is a {manifest.get('role')} checkpoint; reward adapters belong on a policy.")
+    info = inspect_adapter(Path(adapter), allow_pickle=allow_pickle)
+    modules = check_fit(info, policy_tensor_shapes(ckpt), ckpt.config, where=f"the policy {policy}")
+
+    notes: list[str] = []
+    old = manifest.get("reward_adapter")
+    skip_dirs: set[str] = set()
+    if isinstance(old, dict) and isinstance(old.get("subfolder"), str):
+        skip_dirs.add(old["subfolder"])
+        notes.append(f"the policy's reward adapter {old.get('name')!r} was replaced by {adapter_name!r}")
+    if (ckpt.path / adapter_name).exists() and not (ckpt.path / adapter_name).is_dir():
+        raise InputError(f"{policy}: already has a file named {adapter_name!r}; choose another --adapter-name.")
+    other_dirs = sorted(p.name for p in ckpt.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if adapter_name in other_dirs and adapter_name not in skip_dirs:
+        raise InputError(f"{policy}: already has a folder {adapter_name!r}; choose another --adapter-name.")
+    for name in other_dirs:
+        if name not in skip_dirs:
+            notes.append(f"the policy's subfolder {name!r} was not copied")
+
+    files_to_place = list(ckpt.weight_files) + ([SIDECAR_FILE] if ckpt.sidecar is not None else [])
+    total = sum(ckpt.path.joinpath(f).stat().st_size for f in files_to_place)
+    progress = progress_factory(total) if progress_factory else None
+    source = adapter_source or {"model": str(adapter), "kind": "local", "path": str(Path(adapter).resolve())}
+
+    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+        _copy_policy_aux(ckpt.path, tmp)
+        records: list[FileRecord] = []
+        linked = symlinked_files(ckpt.manifest)
+        for name in files_to_place:
+            src = safe_member(ckpt.path, name, "the index", allow_link_out=name in linked)
+            records.append(
+                place_file(
+                    src,
+                    tmp / name,
+                    mode=link,
+                    name=name,
+                    want_hash=want_hash,
+                    known_sha256=hub_blob_sha256(src),
+                    progress=progress,
+                )
+            )
+        if ckpt.index is not None:
+            shutil.copyfile(safe_member(ckpt.path, INDEX_FILE, "the index"), tmp / INDEX_FILE)
+        adapter_files = _copy_adapter(info, tmp / adapter_name)
+        entry = {
+            "name": adapter_name,
+            "subfolder": adapter_name,
+            "source": source,
+            "files": adapter_files,
+            "score_shape": list(info.score_shape),
+            "score_bias": info.has_score_bias,
+            "peft_type": info.peft_type,
+            "target_modules": info.target_modules,
+            "base_model": info.config.get("base_model_name_or_path"),
+        }
+        if manifest:
+            doc = manifest
+            from vhtool._version import __version__
+
+            doc["vhtool_version"] = __version__
+            files = dict(doc.get("files") or {})
+            files.update(files_section(records))
+            doc["files"] = {k: files[k] for k in sorted(files) if (tmp / k).exists()}
+        else:
+            doc = new_manifest(
+                role="policy",
+                architecture="causal",
+                source={"model": str(policy), "kind": "local", "path": str(ckpt.path.resolve())},
+                layout="sharded" if ckpt.sharded else "single-file",
+                files=files_section(records),
+            )
+            notes.append(f"{policy} had no {MANIFEST_FILE}; one was written")
+        doc["reward_adapter"] = entry
+        write_manifest(tmp, doc)
+    return AttachResult(
+        out=out,
+        adapter_name=adapter_name,
+        adapter_source=source,
+        peft_type=info.peft_type,
+        score_shape=info.score_shape,
+        target_modules=info.target_modules,
+        adapted_modules=len(modules),
+        files=records,
+        adapter_files=adapter_files,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def _copy_policy_aux(src: Path, dst: Path) -> None:
+    from vhtool.checkpoint.init_op import copy_aux_files
+
+    copy_aux_files(src, dst)
+    for extra in ("README.md",):
+        if (src / extra).is_file():
+            shutil.copyfile(safe_member(src, extra, extra), dst / extra)
+
+
+def _copy_adapter(info: AdapterInfo, dst: Path) -> dict[str, dict[str, Any]]:
+    """Copies the adapter's top-level files into ``dst`` (a pickle is rewritten as safetensors); returns hashes."""
+    dst.mkdir()
+    for p in sorted(info.path.iterdir()):
+        if p.name in _NOT_COPIED_FROM_ADAPTER or p.name.startswith(".") or p.is_dir():
+            continue
+        real = adapter_member(info.path, p.name, "an adapter file")
+        if real.is_file():
+            shutil.copyfile(real, dst / p.name)
+    if info.weights_file == ADAPTER_PICKLE:
+        import torch
+        from safetensors.torch import save_file
+
+        state = torch.load(info.path / ADAPTER_PICKLE, map_location="cpu", weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(dst / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    if not (dst / ADAPTER_WEIGHTS).is_file():  # pragma: no cover - inspect_adapter guarantees it
+        raise CheckpointError(f"{info.path}: adapter weights went missing during the copy.")
+    return {p.name: {"size": p.stat().st_size, "sha256": hash_file(p)} for p in sorted(dst.iterdir()) if p.is_file()}
