@@ -1,12 +1,83 @@
-"""`vhtool push` (being built under issue 8)."""
+"""``vhtool push``: publish a checkpoint to the Hugging Face Hub in one commit."""
 
 from __future__ import annotations
 
-from vhtool.cli.common import handle_errors
-from vhtool.errors import OperationError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, handle_errors
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
 
 
 @handle_errors
-def push_command() -> None:
-    """Not available yet in this build."""
-    raise OperationError("`vhtool push` is not implemented in this build yet.")
+def push_command(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint directory to publish (never modified).")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo NAMESPACE/NAME; created when missing.")],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repo private (an existing one is left as is).")
+    ] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to push to (created from main when missing).")
+    ] = None,
+    commit_message: Annotated[str | None, typer.Option("--commit-message", help="Commit title.")] = None,
+    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be uploaded (added/changed/unchanged); write nothing.")
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Hub token (default: HF_TOKEN, then the `hf auth login` cache). Never printed."),
+    ] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Verify CHECKPOINT and publish it to REPO_ID in one commit, uploading only what the remote lacks.
+
+    Pushed: weights (and index), config, generation config, tokenizer files, vhtool.json, the reward
+    adapter's subfolder, and a model card (README.md) generated unless the checkpoint has one. Dotfiles,
+    pickle files and folders vhtool.json does not reference are skipped. HF_ENDPOINT is honoured.
+    """
+    from rich.markup import escape
+
+    from vhtool.publish import push_checkpoint
+
+    out = Out(json_mode=json_out, quiet=quiet)
+    result = push_checkpoint(
+        checkpoint,
+        repo_id,
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        dry_run=dry_run,
+        token=token,
+    )
+    for note in result.notes:
+        if note != "nothing to push, remote is up to date":
+            out.warn(note)
+    if json_out:
+        out.data(result.to_json())
+        return
+    where = f"{result.repo_id}@{result.revision}"
+    if dry_run:
+        out.result(f"Plan for {escape(where)}: {escape(result.remote.note)}")
+        for f in result.files:
+            out.result(f"  {f.status:<9} {escape(f.path_in_repo):<48} {_mb(f.size):>12}")
+        for path, reason in result.skipped:
+            out.info(f"  skipped   {escape(path)} ({escape(reason)})")
+        verb = "nothing to push, remote is up to date" if result.nothing_to_push else "to upload"
+        out.result(f"{len(result.paths('added', 'changed'))} file(s), {_mb(result.bytes_to_upload)} {verb}.")
+        return
+    if not result.pushed:
+        out.result(f"Nothing to push, remote is up to date ({escape(where)}, {len(result.files)} file(s) unchanged).")
+        return
+    out.result(
+        f"Pushed {len(result.paths('added', 'changed'))} file(s) ({_mb(result.bytes_to_upload)}) to {escape(where)}; "
+        f"{len(result.paths('unchanged'))} unchanged, {len(result.paths('deleted'))} deleted."
+    )
+    out.result(f"Commit: {escape(result.pr_url or result.commit_url or '')}")
