@@ -1,12 +1,57 @@
-"""`vhtool verify` (being built under issue 9)."""
+"""``vhtool verify``: a checkpoint's integrity (files, index, headers, value head, reward adapter)."""
 
 from __future__ import annotations
 
-from vhtool.cli.common import handle_errors
-from vhtool.errors import OperationError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, handle_errors
+from vhtool.errors import VerificationError
 
 
 @handle_errors
-def verify_command() -> None:
-    """Not available yet in this build."""
-    raise OperationError("`vhtool verify` is not implemented in this build yet.")
+def verify_command(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint directory to check.", show_default=False)],
+    forward: Annotated[
+        bool,
+        typer.Option(
+            "--forward",
+            help="Also load the model and run one tiny batch on the CPU: finite logits and values, and base logits "
+            "equal to the recorded local or built-in source's.",
+        ),
+    ] = False,
+    hash_all: Annotated[
+        bool, typer.Option("--hash", help="Also hash weight files recorded without a sha256 (linked files).")
+    ] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check CHECKPOINT: weight files against vhtool.json (size, sha256), index and headers, value head present,
+    [1, hidden] and finite, reward adapter well-formed.
+
+    Exit 0 when every check passes, 1 with the list of failures, 2 when CHECKPOINT is not a checkpoint
+    (missing, or no config.json).
+    """
+    from rich.markup import escape
+
+    from vhtool.checkpoint.verify_op import verify_checkpoint
+
+    out = Out(json_mode=json_out, quiet=quiet)
+    result = verify_checkpoint(checkpoint, forward=forward, hash_all=hash_all)
+    if json_out:
+        out.data(result.to_json())
+    else:
+        width = max(len(c.name) for c in result.checks)
+        for c in result.checks:
+            out.result(escape(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}"))
+        if result.ok:
+            out.result(escape(f"{result.path}: all {len(result.checks)} checks passed."))
+    if not result.ok:
+        failed = result.failures
+        raise VerificationError(
+            f"{result.path}: {len(failed)} of {len(result.checks)} checks failed: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+            problems=[c.name for c in failed],
+        )

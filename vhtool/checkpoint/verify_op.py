@@ -1,0 +1,492 @@
+"""``vhtool verify``: the integrity of a checkpoint, checked from its files (and, on request, one forward pass).
+
+Every check becomes a :class:`Check` (name, ok, detail); a malformed file is a failed check, never an
+exception, so one run lists everything that is wrong. Only a path that is not a checkpoint at all
+(missing, not a directory, no ``config.json``) raises :class:`~vhtool.errors.InputError` (exit 2).
+Nothing here imports torch unless ``forward=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
+from vhtool.checkpoint.copyio import hash_file
+from vhtool.checkpoint.layout import (
+    MANIFEST_FILE,
+    Checkpoint,
+    hidden_size,
+    open_checkpoint,
+    read_json_object,
+    safe_member,
+    symlinked_files,
+)
+from vhtool.checkpoint.manifest import FORMAT
+from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo, read_header
+from vhtool.errors import InputError, VhtoolError
+
+#: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_NP_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification: what was checked, whether it passed, and what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """All checks run on one checkpoint; ``ok`` when every one passed."""
+
+    path: Path
+    ok: bool
+    checks: list[Check]
+    forward: bool = False
+    hashed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "checks": [c.to_json() for c in self.checks],
+            "failures": [c.name for c in self.failures],
+            "forward": self.forward,
+            "hashed": self.hashed,
+            "notes": list(self.notes),
+        }
+
+
+def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, hash_all: bool = False) -> VerifyResult:
+    """Checks a checkpoint directory against its ``vhtool.json`` and its own index and headers.
+
+    Args:
+        path: the checkpoint directory.
+        forward: also load the model (torch) and run one tiny batch on the CPU: finite logits and
+            values, and base logits equal to the recorded local or built-in source's, when it still exists.
+        hash_all: also hash weight files recorded without a sha256 (linked files).
+
+    Returns:
+        The checks; ``ok`` is true when all passed.
+
+    Raises:
+        InputError: ``path`` is missing, not a directory, or has no ``config.json`` (not a checkpoint at all).
+    """
+    root = Path(path)
+    if not root.exists() and not root.is_symlink():
+        raise InputError(f"{root}: no such file or directory.")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a checkpoint directory (expected a folder with config.json and weights).")
+    if not (root / "config.json").is_file():
+        raise InputError(f"{root}: not a checkpoint (no config.json).")
+
+    checks: list[Check] = []
+    notes: list[str] = []
+    config, hidden = _run(checks, "config", lambda: _check_config(root))
+    manifest = _run(checks, "manifest", lambda: _check_manifest(root))[0]
+    ckpt = _run(checks, "layout", lambda: _check_layout(root))[0]
+    _run(checks, "links", lambda: _check_links(root, manifest))
+    if manifest is not None:
+        checks.extend(_check_files(root, manifest, ckpt, hash_all=hash_all))
+    role = manifest.get("role") if manifest is not None else None
+    vh_entry = manifest.get("value_head") if manifest is not None else None
+    convention = vh_entry.get("convention") if isinstance(vh_entry, dict) else None
+    _run(checks, "value_head", lambda: _check_value_head(ckpt, hidden, role=role, convention=convention))
+    if manifest is not None and manifest.get("reward_adapter") is not None:
+        checks.extend(_check_reward_adapter(root, manifest["reward_adapter"], hidden, hash_all=hash_all))
+    if forward:
+        if all(c.ok for c in checks):
+            checks.extend(_forward_checks(root, config or {}, manifest or {}))
+        else:
+            checks.append(Check("forward", False, "not run: the checkpoint failed the file checks above."))
+    if hash_all:
+        notes.append("every weight file was hashed")
+    return VerifyResult(
+        path=root, ok=all(c.ok for c in checks), checks=checks, forward=forward, hashed=hash_all, notes=notes
+    )
+
+
+def _run(checks: list[Check], name: str, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Runs one check: ``fn`` returns ``(*values, detail)``; an error becomes a failed check and ``None`` values."""
+    try:
+        *values, detail = fn()
+    except _SkipCheck as exc:
+        checks.append(Check(name, exc.ok, str(exc)))
+        return (None, None)
+    except VhtoolError as exc:
+        checks.append(Check(name, False, str(exc)))
+        return (None, None)
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, OverflowError, MemoryError) as exc:
+        checks.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
+        return (None, None)
+    checks.append(Check(name, True, str(detail)))
+    return (*values, None) if len(values) == 1 else tuple(values)
+
+
+class _SkipCheck(Exception):
+    """A check that could not run (``ok=False``) or does not apply (``ok=True``)."""
+
+    def __init__(self, message: str, *, ok: bool = False) -> None:
+        super().__init__(message)
+        self.ok = ok
+
+
+def _check_config(root: Path) -> tuple[dict[str, Any], int, str]:
+    safe_member(root, "config.json", "config.json")
+    config = read_json_object(root / "config.json", "config.json")
+    hidden = hidden_size(config)
+    kind = config.get("model_type", "?")
+    return config, hidden, f"model_type {kind!s}, hidden size {hidden}"
+
+
+def _check_manifest(root: Path) -> tuple[dict[str, Any], str]:
+    if not (root / MANIFEST_FILE).is_file():
+        raise _SkipCheck(
+            f"no {MANIFEST_FILE}: this directory was not written by vhtool, so its files cannot be checked against "
+            "recorded hashes (`vhtool init` or `vhtool convert --to vhtool` writes one)."
+        )
+    doc = read_json_object(safe_member(root, MANIFEST_FILE, MANIFEST_FILE), MANIFEST_FILE)
+    if doc.get("format") != FORMAT:
+        raise _SkipCheck(f"{MANIFEST_FILE}: format is {doc.get('format')!r}, expected {FORMAT!r}.")
+    files = doc.get("files")
+    if not isinstance(files, dict) or not files:
+        raise _SkipCheck(f"{MANIFEST_FILE}: no 'files' section recording the weight files.")
+    return doc, f"role {doc.get('role')!s}, {len(files)} weight file(s) recorded"
+
+
+def _check_layout(root: Path) -> tuple[Checkpoint, str]:
+    ckpt = open_checkpoint(root)
+    kind = f"sharded ({len(ckpt.weight_files)} files)" if ckpt.sharded else "single file"
+    return ckpt, f"{kind}, {len(ckpt.tensors)} tensors, index and headers consistent"
+
+
+def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:
+    """Every symlink in the tree stays inside it, except weight files recorded as placed by ``--link symlink``."""
+    linked = symlinked_files(manifest)
+    n_links = 0
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                continue
+            n_links += 1
+            rel = str(p.relative_to(root))
+            try:
+                safe_member(root, rel, "a file", allow_link_out=rel in linked)
+            except VhtoolError:
+                bad.append(f"{rel} (-> {os.readlink(p)})")
+    if bad:
+        raise _SkipCheck(f"{', '.join(bad)}: points outside the checkpoint (links are never followed or uploaded).")
+    return (f"{n_links} link(s), all recorded or inside the checkpoint" if n_links else "no symlinks",)
+
+
+def _file_entry(entry: object) -> tuple[int | None, str | None, str]:
+    """``(size, sha256, problem)`` from a ``files`` entry; ``problem`` is empty when it is well-formed."""
+    if not isinstance(entry, dict):
+        return None, None, "its record is not an object"
+    size, sha = entry.get("size"), entry.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return None, None, f"its recorded size {size!r} is not a byte count"
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        return None, None, f"its recorded sha256 {sha!r} is not a hex digest"
+    return size, sha, ""
+
+
+def _check_one_file(root: Path, name: object, entry: object, *, hash_all: bool) -> Check:
+    label = f"file {name}"
+    if not isinstance(name, str):
+        return Check(label, False, "the recorded file name is not a string.")
+    size, sha, problem = _file_entry(entry)
+    if problem:
+        return Check(label, False, f"{MANIFEST_FILE}: {problem}.")
+    assert size is not None
+    how = entry.get("how") if isinstance(entry, dict) else None
+    try:
+        member = safe_member(root, name, MANIFEST_FILE, allow_link_out=how == "symlink")
+    except VhtoolError as exc:
+        return Check(label, False, str(exc))
+    if not member.is_file():
+        what = "its link target is gone" if member.is_symlink() else "missing from the checkpoint"
+        return Check(label, False, f"recorded in {MANIFEST_FILE} but {what}.")
+    actual = member.stat().st_size
+    if actual != size:
+        return Check(label, False, f"size {actual} bytes, {MANIFEST_FILE} records {size} (truncated or replaced).")
+    if sha is None:
+        if not hash_all:
+            return Check(label, True, f"{size} bytes; {how or 'linked'}, no sha256 recorded (--hash checks content)")
+        digest = hash_file(member)
+        return Check(label, True, f"{size} bytes; no sha256 recorded, hashed now: {digest[:12]}…")
+    digest = hash_file(member)
+    if digest != sha:
+        return Check(label, False, f"sha256 {digest[:12]}… differs from the recorded {sha[:12]}… (content changed).")
+    return Check(label, True, f"{size} bytes, sha256 matches")
+
+
+def _check_files(root: Path, manifest: dict[str, Any], ckpt: Checkpoint | None, *, hash_all: bool) -> list[Check]:
+    files = manifest["files"]
+    checks = []
+    for name, entry in sorted(files.items()):
+        try:
+            checks.append(_check_one_file(root, name, entry, hash_all=hash_all))
+        except (OSError, VhtoolError) as exc:
+            checks.append(Check(f"file {name}", False, f"cannot read: {exc}"))
+    present = {p.name for p in root.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith(".")}
+    if ckpt is not None:
+        present |= set(ckpt.weight_files)
+    unlisted = sorted(present - set(files))
+    if unlisted:
+        checks.append(
+            Check(
+                "unlisted files",
+                False,
+                f"weight file(s) not recorded in {MANIFEST_FILE}: {', '.join(unlisted)} (added or left over).",
+            )
+        )
+    else:
+        checks.append(Check("unlisted files", True, "every weight file present is recorded"))
+    return checks
+
+
+def read_tensor_values(header: SafetensorsHeader, info: TensorInfo) -> np.ndarray:
+    """A float tensor's values as float64, read from its byte range only (F16, BF16, F32, F64).
+
+    Raises:
+        InputError: the dtype is not a float type.
+    """
+    if info.dtype not in (*_NP_FLOATS, "BF16"):
+        raise InputError(f"{info.name} has dtype {info.dtype}, not a float type.")
+    with open(header.path, "rb") as fh:
+        fh.seek(header.data_start + info.begin)
+        raw = fh.read(info.nbytes)
+    if len(raw) != info.nbytes:
+        raise InputError(f"{header.path}: {info.name} is cut short (file truncated).")
+    if info.dtype == "BF16":
+        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(raw, dtype=_NP_FLOATS[info.dtype])
+    return values.astype(np.float64).reshape(info.shape)
+
+
+def _check_value_head(
+    ckpt: Checkpoint | None, hidden: int | None, *, role: object, convention: object = None
+) -> tuple[str]:
+    if ckpt is None:
+        raise _SkipCheck("not checked: the layout is invalid (see 'layout').")
+    # `vhtool convert --to seq-cls|token-cls` records its head convention: a classifier head, bias optional.
+    classifier = convention in ("seq-cls", "token-cls")
+    wanted = ("score", "value_head", "classifier") if classifier else ("vhtool", "sidecar")
+    heads = [h for h in find_heads(ckpt) if h.convention in wanted]
+    if not heads:
+        if role == "reference":
+            raise _SkipCheck("none (a reference checkpoint needs no value head)", ok=True)
+        raise _SkipCheck(f"no value head ({VHEAD_WEIGHT}) in the checkpoint; `vhtool init` adds one.")
+    if len(heads) > 1:
+        raise _SkipCheck("two value heads (inline and in value_head.safetensors); keep one.")
+    head = heads[0]
+    if hidden is None:
+        raise _SkipCheck("not checked: config.json has no usable hidden size (see 'config').")
+    if head.shape != (1, hidden):
+        raise _SkipCheck(f"{head.weight} has shape {list(head.shape)}, expected [1, {hidden}].")
+    if head.bias is None and not classifier:
+        raise _SkipCheck(f"{VHEAD_BIAS} is missing.")
+    if head.bias is not None and head.bias_shape != (1,):
+        raise _SkipCheck(f"{head.bias} has shape {list(head.bias_shape or ())}, expected [1].")
+    header = ckpt.sidecar if head.convention == "sidecar" else ckpt.headers[head.file]
+    assert header is not None
+    bad = []
+    for tname in (head.weight, *([head.bias] if head.bias else [])):
+        values = read_tensor_values(header, header.tensors[tname])
+        n_bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if n_bad:
+            bad.append(f"{tname} has {n_bad} NaN/inf value(s)")
+    if bad:
+        raise _SkipCheck("; ".join(bad) + " (re-initialise it with `vhtool init --force`).")
+    return (f"[1, {hidden}] {head.dtype} in {head.file}, finite",)
+
+
+def _check_reward_adapter(root: Path, entry: object, hidden: int | None, *, hash_all: bool) -> list[Check]:
+    checks: list[Check] = []
+    _run(checks, "reward_adapter", lambda: _check_adapter_dir(root, entry, hidden))
+    files = entry.get("files") if isinstance(entry, dict) else None
+    subfolder = entry.get("subfolder") if isinstance(entry, dict) else None
+    if files is None:
+        return checks
+    items: list[tuple[object, object]]
+    if isinstance(files, dict):
+        items = sorted(files.items(), key=lambda kv: str(kv[0]))
+    elif isinstance(files, list):
+        items = [(f.get("name") if isinstance(f, dict) else f, f) for f in files]
+    else:
+        return [*checks, Check("reward_adapter files", False, "reward_adapter.files is neither a mapping nor a list.")]
+    for name, rec in items:
+        rel = name
+        if isinstance(name, str) and isinstance(subfolder, str) and not name.startswith(subfolder.rstrip("/") + "/"):
+            rel = f"{subfolder.rstrip('/')}/{name}"
+        if isinstance(rec, str):  # a bare list of names: existence only
+            rec = None
+        if rec is None:
+            try:
+                ok = isinstance(rel, str) and safe_member(root, rel, "reward_adapter").is_file()
+            except VhtoolError as exc:
+                checks.append(Check(f"file {rel}", False, str(exc)))
+                continue
+            checks.append(Check(f"file {rel}", ok, "present" if ok else "recorded but missing"))
+            continue
+        try:
+            checks.append(_check_one_file(root, rel, rec, hash_all=hash_all))
+        except (OSError, VhtoolError) as exc:
+            checks.append(Check(f"file {rel}", False, f"cannot read: {exc}"))
+    return checks
+
+
+def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[str]:
+    if not isinstance(entry, dict):
+        raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter must be an object with name and subfolder.")
+    name, sub = entry.get("name"), entry.get("subfolder")
+    if not isinstance(name, str) or not name:
+        raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.name is missing.")
+    if not isinstance(sub, str) or not sub:
+        raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.subfolder is missing.")
+    folder = safe_member(root, sub.rstrip("/"), "reward_adapter.subfolder")
+    if not folder.is_dir():
+        raise _SkipCheck(f"the reward adapter folder {sub!r} is missing.")
+    cfg = read_json_object(
+        safe_member(root, f"{sub.rstrip('/')}/{ADAPTER_CONFIG}", "the reward adapter"), ADAPTER_CONFIG
+    )
+    if not isinstance(cfg.get("peft_type"), str):
+        raise _SkipCheck(f"{sub}/{ADAPTER_CONFIG} has no peft_type; not a PEFT adapter.")
+    weights = safe_member(root, f"{sub.rstrip('/')}/{ADAPTER_WEIGHTS}", "the reward adapter")
+    if not weights.is_file():
+        raise _SkipCheck(f"{sub}/{ADAPTER_WEIGHTS} is missing.")
+    header = read_header(weights)
+    scores = [t for n, t in header.tensors.items() if n.endswith("score.weight")]
+    if not scores:
+        raise _SkipCheck(f"{sub}/{ADAPTER_WEIGHTS} has no score head (score.weight); a reward adapter needs one.")
+    shape = scores[0].shape
+    if hidden is not None and shape != (1, hidden):
+        raise _SkipCheck(f"the adapter's score head has shape {list(shape)}, expected [1, {hidden}].")
+    if scores[0].dtype in (*_NP_FLOATS, "BF16"):
+        values = read_tensor_values(header, scores[0])
+        if not bool(np.isfinite(values).all()):
+            raise _SkipCheck("the adapter's score head holds NaN/inf values.")
+    return (f"{name!s} in {sub}/ ({cfg['peft_type']}), score head {list(shape)}",)
+
+
+# --------------------------------------------------------------------------------------------- forward (torch)
+
+
+def _source_dir(manifest: dict[str, Any]) -> Path | None:
+    """The recorded source as a local directory, when it is a local path or a built-in that still exists."""
+    source = manifest.get("source")
+    if not isinstance(source, dict):
+        return None
+    kind = source.get("kind")
+    if kind == "local" and isinstance(source.get("path"), str):
+        p = Path(source["path"])
+        return p if (p / "config.json").is_file() else None
+    if kind == "builtin" and isinstance(source.get("model"), str):
+        from vhtool.hub import resolve_source
+
+        try:
+            return resolve_source(source["model"]).path
+        except VhtoolError:
+            return None
+    return None
+
+
+def _forward_checks(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
+    """Loads the model and its source (quietly: no loading bars on stderr) and compares one batch."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        return _forward_batch(root, config, manifest)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _forward_batch(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        import warnings
+
+        import torch
+
+        from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+
+        arch = manifest.get("architecture")
+        seq2seq = arch == "seq2seq" if arch in ("causal", "seq2seq") else bool(config.get("is_encoder_decoder"))
+        cls = AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_pretrained(str(root))
+        model.eval()
+        vocab = int(getattr(model.pretrained_model.config, "vocab_size", 0) or config.get("vocab_size") or 2)
+        ids = (torch.arange(2 * 6).reshape(2, 6) * 7 + 3) % max(vocab, 1)
+        extra = {"decoder_input_ids": ids[:, :4]} if seq2seq else {}
+        with torch.no_grad():
+            logits, _, value = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
+        problems = []
+        if not getattr(model, "v_head_loaded", True):
+            problems.append("the value head was not loaded from the checkpoint")
+        if not bool(torch.isfinite(logits).all()):
+            problems.append("logits hold NaN/inf")
+        if not bool(torch.isfinite(value).all()):
+            problems.append("values hold NaN/inf")
+        if tuple(value.shape) != tuple(logits.shape[:2]):
+            problems.append(f"values have shape {list(value.shape)}, expected {list(logits.shape[:2])}")
+        detail = f"logits {list(logits.shape)}, values {list(value.shape)}, finite"
+        checks.append(Check("forward", not problems, "; ".join(problems) if problems else detail))
+    except Exception as exc:  # a model that does not load or run is a failed check, not a crash
+        checks.append(Check("forward", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        return checks
+
+    src = _source_dir(manifest)
+    if src is None:
+        checks.append(Check("source logits", True, "not compared: no local or built-in source recorded that exists"))
+        return checks
+    try:
+        import transformers as tf
+
+        auto = tf.AutoModelForSeq2SeqLM if seq2seq else tf.AutoModelForCausalLM
+        base = auto.from_pretrained(str(src)).eval()
+        with torch.no_grad():
+            ref = base(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits.float()
+        if ref.shape != logits.shape:
+            checks.append(
+                Check("source logits", False, f"shape {list(logits.shape)} vs the source's {list(ref.shape)}")
+            )
+        elif torch.equal(ref, logits):
+            checks.append(Check("source logits", True, f"equal to {src}'s"))
+        else:
+            diff = float((ref - logits).abs().max())
+            checks.append(Check("source logits", False, f"differ from {src}'s by up to {diff:.3g}"))
+    except Exception as exc:
+        checks.append(
+            Check("source logits", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        )
+    return checks
