@@ -293,7 +293,7 @@ def _write_sharded(
         if names != set(hdr.tensors):
             rec = _rewrite(ckpt, file, tmp, drop=drop, extra=[], progress=progress, out_name=out_name)
         else:
-            src = safe_member(ckpt.path, file, "the index")
+            src = ckpt.weight_path(file)
             rec = place_file(
                 src,
                 tmp / out_name,

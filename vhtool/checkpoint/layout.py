@@ -110,6 +110,10 @@ class Checkpoint:
     def is_encoder_decoder(self) -> bool:
         return bool(self.config.get("is_encoder_decoder", False))
 
+    def weight_path(self, name: str) -> Path:
+        """The path of weight file ``name``, checked to stay inside the checkpoint (or be a recorded symlink)."""
+        return safe_member(self.path, name, "the index", allow_link_out=name in symlinked_files(self.manifest))
+
     @property
     def total_bytes(self) -> int:
         return sum(h.file_size for h in self.headers.values())

@@ -108,7 +108,7 @@ def make_reference(
         if ckpt.sidecar is not None:
             extra.append(SIDECAR_FILE)
         for name in ckpt.weight_files + [e for e in extra if e == SIDECAR_FILE]:
-            src = safe_member(ckpt.path, name, "the index")
+            src = ckpt.weight_path(name)
             records.append(
                 place_file(
                     src,
