@@ -82,7 +82,7 @@ def copy_range_hashed(
     hasher: hashlib._Hash | None,
     progress: Progress | None = None,
 ) -> None:
-    """Copies ``length`` bytes of ``src`` into ``dst_fd`` in the kernel while ``hasher`` reads them on another thread."""
+    """Copies ``length`` bytes of ``src`` into ``dst_fd`` in the kernel; ``hasher`` reads them on another thread."""
     error: list[BaseException] = []
 
     def _hash() -> None:

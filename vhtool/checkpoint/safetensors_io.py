@@ -162,7 +162,9 @@ def _parse_entry(name: str, entry: object, *, path: Path) -> TensorInfo:
     offsets = entry.get("data_offsets")
     if dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}.")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}.")
     if (
         not isinstance(offsets, list)

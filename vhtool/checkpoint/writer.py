@@ -46,10 +46,14 @@ def _segments(header: bytes, tensors: Sequence[PlannedTensor]) -> list[RangeSour
     for t in tensors:
         last = segs[-1]
         d = t.data
-        if isinstance(d, RangeSource) and isinstance(last, RangeSource) and last.path == d.path:
-            if last.offset + last.length == d.offset:
-                segs[-1] = RangeSource(last.path, last.offset, last.length + d.length)
-                continue
+        if (
+            isinstance(d, RangeSource)
+            and isinstance(last, RangeSource)
+            and last.path == d.path
+            and last.offset + last.length == d.offset
+        ):
+            segs[-1] = RangeSource(last.path, last.offset, last.length + d.length)
+            continue
         segs.append(d)
     return segs
 

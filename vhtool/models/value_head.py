@@ -284,12 +284,14 @@ class PreTrainedModelWrapper(nn.Module):
             missing = set(self.v_head.state_dict()) - set(head_state)
             if unknown or missing:
                 raise InputError(
-                    f"value-head weights do not match ValueHead: missing {sorted(missing)}, unexpected {sorted(unknown)}."
+                    f"value-head weights do not match ValueHead: missing {sorted(missing)}, "
+                    f"unexpected {sorted(unknown)}."
                 )
             expected = self.v_head.summary.weight.shape
             if tuple(head_state["summary.weight"].shape) != tuple(expected):
                 raise InputError(
-                    f"value head has shape {list(head_state['summary.weight'].shape)}, the model needs {list(expected)}."
+                    f"value head has shape {list(head_state['summary.weight'].shape)}, "
+                    f"the model needs {list(expected)}."
                 )
             self.v_head.load_state_dict(head_state)
         device_map = getattr(self.pretrained_model, "hf_device_map", None)
@@ -299,7 +301,11 @@ class PreTrainedModelWrapper(nn.Module):
             self.is_sequential_parallel = True
 
     def _lm_head_device(self) -> torch.device:
-        out = self.pretrained_model.get_output_embeddings() if hasattr(self.pretrained_model, "get_output_embeddings") else None
+        out = (
+            self.pretrained_model.get_output_embeddings()
+            if hasattr(self.pretrained_model, "get_output_embeddings")
+            else None
+        )
         if out is not None and getattr(out, "weight", None) is not None:
             return torch.device(out.weight.device)
         return next(self.pretrained_model.parameters()).device
@@ -312,12 +318,10 @@ class PreTrainedModelWrapper(nn.Module):
                     return True
             except (NotImplementedError, AttributeError):
                 pass
-        return any(
-            any(n in name for n in self.lm_head_namings) for name, _ in self.pretrained_model.named_modules()
-        )
+        return any(any(n in name for n in self.lm_head_namings) for name, _ in self.pretrained_model.named_modules())
 
     def _init_weights(self, **kwargs: Any) -> None:
-        """Initialises the value head: ``None`` keeps nn.Linear's random init, ``"normal"`` draws N(0, range), bias 0."""
+        """Initialises the value head: ``None`` keeps nn.Linear's init, ``"normal"`` draws N(0, range) and bias 0."""
         initializer_range = kwargs.pop("v_head_initializer_range", 0.2)
         strategy = kwargs.pop("v_head_init_strategy", None)
         if strategy not in INIT_STRATEGIES:
@@ -407,16 +411,24 @@ class PreTrainedModelWrapper(nn.Module):
 
     # ------------------------------------------------------------------ reward adapter
     def compute_reward_score(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ppo_adapter_name: str | None = None, **kwargs: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        ppo_adapter_name: str | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        """Per-token reward scores ``(batch, seq, num_labels)`` from the reward adapter (see :mod:`vhtool.models.reward`)."""
+        """Per-token reward scores ``(batch, seq, num_labels)`` from the attached reward adapter."""
         from vhtool.models.reward import compute_reward_score
 
         return compute_reward_score(self, input_ids, attention_mask, ppo_adapter_name=ppo_adapter_name, **kwargs)
 
     @classmethod
     def add_and_load_reward_modeling_adapter(
-        cls, pretrained_model: Any, adapter_model_id: str, adapter_name: str = "reward_model_adapter", token: str | None = None
+        cls,
+        pretrained_model: Any,
+        adapter_model_id: str,
+        adapter_name: str = "reward_model_adapter",
+        token: str | None = None,
     ) -> nn.Module:
         """Loads a reward adapter into ``pretrained_model`` (a PEFT model) and returns its frozen score head."""
         from vhtool.models.reward import load_reward_adapter
