@@ -95,7 +95,7 @@ def _download(
     )
 
     try:
-        from huggingface_hub.utils import validate_repo_id
+        from huggingface_hub.utils._validators import validate_repo_id
 
         validate_repo_id(repo_id)
     except HFValidationError:

@@ -57,7 +57,7 @@ class HeadSpec:
             raise InputError(f"--seed must be >= 0, got {self.seed}.")
 
 
-def make_value_head(hidden: int, spec: HeadSpec) -> tuple[array, array]:
+def make_value_head(hidden: int, spec: HeadSpec) -> tuple[array[float], array[float]]:
     """Deterministic float32 ``weight [1, hidden]`` and ``bias [1]`` (row-major) from ``spec``.
 
     Drawn with Python's Mersenne Twister seeded by ``spec.seed`` (no numpy or torch import, so

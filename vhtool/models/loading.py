@@ -74,7 +74,8 @@ def resolve_pretrained(
         )
     if looks_like_path(name):
         raise InputError(f"{name}: no such directory.")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id
 
     try:
         validate_repo_id(name)
@@ -144,9 +145,9 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             for k, f in wmap.items():
                 if k.startswith("v_head."):
                     files.setdefault(f, []).append(k)
-            for f, keys in sorted(files.items()):
-                linked = symlinked_files(resolved.manifest)  # `--link symlink` outputs point outside, by design
-                candidates.append((safe_member(root, f, "the index", allow_link_out=f in linked), keys, f))
+            linked = symlinked_files(resolved.manifest)  # `--link symlink` outputs point outside, by design
+            for f, names in sorted(files.items()):
+                candidates.append((safe_member(root, f, "the index", allow_link_out=f in linked), names, f))
         elif (root / SINGLE_FILE).is_file():
             candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
         if (root / SIDECAR_FILE).is_file():

@@ -105,7 +105,7 @@ def create_reference_model(
     """
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    if is_deepspeed_zero3_enabled():
+    if is_deepspeed_zero3_enabled():  # type: ignore[no-untyped-call]
         raise InputError("DeepSpeed ZeRO-3 is enabled: create the reference with AutoModel...from_pretrained instead.")
     if num_shared_layers is None:
         if pattern is not None:
@@ -122,7 +122,7 @@ def create_reference_model(
             params[n].requires_grad_(False)
     for p in ref.parameters():
         p.requires_grad_(False)
-    ref.shared_parameter_names = shared
+    setattr(ref, "shared_parameter_names", shared)  # noqa: B010  (plain attribute, not a submodule)
     return ref.eval()
 
 
@@ -172,8 +172,10 @@ def load_policy_and_reference(
         raise InputError(f"{reference_dir}: shared tensor {missing[0]!r} is not a parameter of the policy.")
     # Drift check: the policy's shared tensors must equal what the reference stored at make-reference time.
     for tensor in info.get("shared_tensors") or []:
-        loc = ref_ckpt.tensors[tensor]
-        with safe_open(str(ref_ckpt.path / loc.file), framework="pt") as fh:
+        stored_at = ref_ckpt.tensors.get(tensor)
+        if stored_at is None:
+            raise InputError(f"{reference_dir}: vhtool.json lists shared tensor {tensor!r}; no weight file holds it.")
+        with safe_open(str(ref_ckpt.weight_path(stored_at.file)), framework="pt") as fh:
             stored = fh.get_tensor(tensor)
         mine = params[param_name(tensor)].detach()
         if stored.shape != mine.shape or not torch.equal(stored.to(mine.dtype), mine.cpu()):
@@ -186,7 +188,7 @@ def load_policy_and_reference(
     ref_params = dict(reference.named_parameters())
     by_file: dict[str, list[tuple[str, str]]] = {}
     for pname in ref_params:
-        if pname in memo or pname in shared:
+        if pname in shared:
             continue
         tensor = pname[len("pretrained_model.") :] if pname.startswith("pretrained_model.") else pname
         loc = ref_ckpt.tensors.get(tensor)
@@ -194,7 +196,7 @@ def load_policy_and_reference(
             by_file.setdefault(loc.file, []).append((pname, tensor))
     with torch.no_grad():
         for file, items in by_file.items():
-            with safe_open(str(ref_ckpt.path / file), framework="pt") as fh:
+            with safe_open(str(ref_ckpt.weight_path(file)), framework="pt") as fh:
                 for pname, tensor in items:
                     target = ref_params[pname]
                     target.copy_(fh.get_tensor(tensor).to(dtype=target.dtype, device=target.device))
@@ -202,5 +204,5 @@ def load_policy_and_reference(
         params[n].requires_grad_(False)
     for p in reference.parameters():
         p.requires_grad_(False)
-    reference.shared_parameter_names = shared
+    setattr(reference, "shared_parameter_names", shared)  # noqa: B010
     return policy, reference.eval()

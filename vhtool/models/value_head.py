@@ -40,10 +40,10 @@ def config_hidden_size(config: Any) -> int:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
-    text = getattr(config, "text_config", None)
+    text: Any = getattr(config, "text_config", None)
     if text is not None and getattr(text, "hidden_size", None):
         return int(text.hidden_size)
-    decoder = getattr(config, "decoder", None)
+    decoder: Any = getattr(config, "decoder", None)
     if getattr(config, "is_encoder_decoder", False) and getattr(decoder, "hidden_size", None):
         return int(decoder.hidden_size)
     raise InputError(
@@ -95,6 +95,7 @@ class PreTrainedModelWrapper(nn.Module):
     supported_modules = ("v_head",)
     supported_rm_modules = ("score",)
     lm_head_namings: tuple[str, ...] = ("lm_head", "embed_out", "output_projection")
+    v_head: ValueHead
 
     def __init__(
         self,
@@ -187,7 +188,7 @@ class PreTrainedModelWrapper(nn.Module):
         try:
             from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
         except ImportError:  # pragma: no cover
-            PeftConfig = PeftModel = None  # noqa: N806
+            PeftConfig = PeftModel = None  # type: ignore[assignment,misc]  # noqa: N806
 
         quant = pretrained_kwargs.get("quantization_config")
         kbit = bool(getattr(quant, "load_in_8bit", False) or getattr(quant, "load_in_4bit", False))
@@ -195,6 +196,7 @@ class PreTrainedModelWrapper(nn.Module):
             raise InputError("peft_config must be a peft.PeftConfig instance.")
 
         source: Any = pretrained_model_name_or_path
+        pretrained_model: Any
         if isinstance(source, (str, os.PathLike)):
             resolved = resolve_pretrained(str(source), revision=revision, token=token, cache_dir=cache_dir)
             adapter_cfg = resolved.adapter_config_dir
@@ -210,14 +212,14 @@ class PreTrainedModelWrapper(nn.Module):
                 pretrained_model = cls._load_base(str(resolved.load_from), model_args, pretrained_kwargs)
                 if peft_config is not None:
                     if kbit:
-                        pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)
+                        pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)  # type: ignore[no-untyped-call]
                     pretrained_model = get_peft_model(pretrained_model, peft_config)
         elif hasattr(source, "config") and isinstance(source, nn.Module):
             resolved = None
             pretrained_model = source
             if peft_config is not None and not isinstance(source, _peft_types()):
                 if getattr(source, "is_loaded_in_8bit", False) or getattr(source, "is_loaded_in_4bit", False):
-                    pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)
+                    pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)  # type: ignore[no-untyped-call]
                 pretrained_model = get_peft_model(pretrained_model, peft_config)
         else:
             raise InputError(
@@ -270,7 +272,7 @@ class PreTrainedModelWrapper(nn.Module):
 
         # v_head.* keys are ours: keep transformers from listing them as unexpected.
         previous = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         try:
             return cls.transformers_parent_class.from_pretrained(path, *model_args, **pretrained_kwargs)
         finally:
@@ -308,7 +310,8 @@ class PreTrainedModelWrapper(nn.Module):
         )
         if out is not None and getattr(out, "weight", None) is not None:
             return torch.device(out.weight.device)
-        return next(self.pretrained_model.parameters()).device
+        device: torch.device = next(self.pretrained_model.parameters()).device
+        return device
 
     def _has_lm_head(self) -> bool:
         getter = getattr(self.pretrained_model, "get_output_embeddings", None)
