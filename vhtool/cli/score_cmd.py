@@ -1,12 +1,218 @@
-"""`vhtool score` (being built under issue 6)."""
+"""``vhtool score``: score a data set with the value head or the reward adapter, fast and in input order."""
 
 from __future__ import annotations
 
-from vhtool.cli.common import handle_errors
-from vhtool.errors import OperationError
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vhtool.cli.common import ForceOpt, JsonOpt, Out, QuietOpt, handle_errors
+from vhtool.errors import InputError
+
+
+@contextmanager
+def _record_progress(out: Out) -> Iterator[Callable[[int], None] | None]:
+    """A records/s progress display on stderr, only on a terminal (None otherwise)."""
+    if not out.show_progress:
+        yield None
+        return
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("scoring"),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=out.err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("scoring", total=None, rate="")
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:.1f} records/s" if speed else "")
+
+        yield advance
+
+
+def _summary_table(out: Out, summary: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.6g}"
+
+    table = Table(title="vhtool score", show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [
+        ("records", f"{summary.count}" + (f" ({summary.skipped} skipped)" if summary.skipped else "")),
+        ("mean", num(summary.mean)),
+        ("std", num(summary.std)),
+        ("min", num(summary.min)),
+        ("max", num(summary.max)),
+        ("NaN / inf", f"{summary.nan_count} / {summary.inf_count}"),
+        ("tokens", f"{summary.tokens} ({summary.padding_fraction:.1%} padding, {summary.truncated} truncated)"),
+        ("speed", f"{summary.tokens_per_s:,.0f} tokens/s, {summary.records_per_s:,.1f} records/s"),
+        ("time", f"{summary.seconds:.2f} s scoring + {summary.load_seconds:.2f} s loading"),
+        ("head", f"{summary.head} ({summary.head_reason})"),
+        ("join", f"{summary.join} ({summary.joined_records} prompt+completion records)"),
+        ("input", summary.input_format),
+        ("compute", f"{summary.dtype} on {summary.device}, {summary.padding_side} padding, {summary.forward} forward"),
+    ]
+    if summary.output:
+        rows.append(("output", summary.output))
+    for k, v in rows:
+        table.add_row(k, escape(str(v)))
+    out.err.print(table)
 
 
 @handle_errors
-def score_command() -> None:
-    """Not available yet in this build."""
-    raise OperationError("`vhtool score` is not implemented in this build yet.")
+def score_command(
+    checkpoint: Annotated[str, typer.Argument(help="Value-head checkpoint: local directory, Hub id or builtin:*.")],
+    input_file: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help=(
+                "JSONL (text | prompt+completion | input_ids per line) or plain text (one sample a line); "
+                "'-' reads stdin. .jsonl/.json/.ndjson is JSONL, .txt plain text, else the first line decides."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="A text to score (repeatable).", show_default=False)
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option("--head", help="reward or value. Default: reward when an adapter is attached, else value."),
+    ] = None,
+    per_token: Annotated[bool, typer.Option("--per-token", help="Also emit the head's value at every token.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="At most N records per batch.", show_default=False)
+    ] = None,
+    max_batch_tokens: Annotated[
+        int, typer.Option("--max-batch-tokens", min=1, help="At most N padded tokens per batch.")
+    ] = 16384,
+    max_length: Annotated[
+        int | None,
+        typer.Option("--max-length", min=1, help="Truncate longer records to N tokens (flagged).", show_default=False),
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="prompt+completion as chat (the tokenizer's chat template) or concat. Default: chat if it has one.",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Compute dtype: float32, bfloat16, float16, auto (the checkpoint's).")
+    ] = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    on_error: Annotated[
+        str, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
+    ] = "fail",
+    input_format: Annotated[str, typer.Option("--format", help="Input format: auto, jsonl or text.")] = "auto",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the records (JSONL) to FILE, not stdout.", show_default=False),
+    ] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score records with the value head (at the last token) or the reward adapter; JSONL out, in input order.
+
+    Records go to stdout (or -o FILE) as {"index", "score", "tokens"} lines, plus "truncated" when
+    --max-length cut the record and "values" with --per-token; the summary goes to stderr. With --json,
+    stdout gets one object {"summary", "records", "skipped"} ("records" only without -o).
+
+    With --on-error fail, a bad record stops the run with exit 2 and names its line. An -o FILE is written
+    to a temporary sibling and renamed at the end, so it appears complete or not at all. On stdout, a
+    file input is read and tokenised in full first, so nothing is printed when any record is bad; stdin
+    is read once, window by window (4096 records): records of earlier windows may already be printed.
+    """
+    from vhtool.models.scoring import InputSpec, ScoredRecord, ScoreOptions, SkippedRecord, score_dataset
+
+    out = Out(json_mode=json_out, quiet=quiet)
+    options = ScoreOptions(
+        head=head,
+        per_token=per_token,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+        join=join,
+        dtype=dtype,
+        device=device,
+        on_error=on_error,
+        input_format=input_format,
+    )
+    if input_file is not None and text:
+        raise InputError("give --input or --text, not both.")
+    if input_file == "-":
+        spec = InputSpec(stream=sys.stdin)
+    elif input_file is not None:
+        spec = InputSpec(path=Path(input_file))
+    elif text:
+        spec = InputSpec(texts=tuple(text))
+    else:
+        raise InputError("nothing to score: give --input FILE, --input - (stdin), or --text TEXT.")
+
+    collected: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+
+    def on_skip(rec: SkippedRecord) -> None:
+        skipped.append({"index": rec.index, "line": rec.line, "reason": rec.reason})
+        out.warn(f"{spec.label()}: {rec.message()}; skipped.")
+
+    def keep(rec: ScoredRecord) -> None:
+        collected.append(rec.to_json())
+
+    def emit(rec: ScoredRecord) -> None:
+        sys.stdout.write(json.dumps(rec.to_json(), allow_nan=False) + "\n")
+
+    on_record: Callable[[ScoredRecord], None] | None = None
+    if output is None:
+        on_record = keep if json_out else emit
+
+    try:
+        with _record_progress(out) as progress:
+            summary = score_dataset(
+                checkpoint,
+                inputs=spec,
+                options=options,
+                output=output,
+                force=force,
+                on_record=on_record,
+                on_skip=on_skip,
+                progress=progress,
+                validate_first=output is None and not json_out,
+            )
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `vhtool score ... | head`: the reader has gone, stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    for note in summary.notes:
+        out.warn(note)
+    if json_out:
+        doc: dict[str, Any] = {"summary": summary.to_json()}
+        if output is None:
+            doc["records"] = collected
+        doc["skipped"] = skipped
+        out.data(doc)
+        return
+    if not quiet:
+        _summary_table(out, summary)
