@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,16 +126,33 @@ class Run:
 
 
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
-    """Runs ``cmd`` as a child process; returns its wall time and its own peak RSS (from wait4)."""
+    """Runs ``cmd`` as a child process; returns its wall time and its own peak RSS.
+
+    The RSS comes from GNU time (``/usr/bin/time -f %M``) when present: ``wait4`` on a child
+    forked from this (large) Python process would report at least this process's own size.
+    """
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    rss_file = None
+    full = cmd
+    if gnu_time:
+        fd, rss_file = tempfile.mkstemp(prefix="vhtool-rss-")
+        os.close(fd)
+        full = [gnu_time, "-q", "-f", "%M", "-o", rss_file, *cmd]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(full, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise RuntimeError(f"{cmd} failed ({proc.returncode}): {err[-2000:]}")
-    return Run(wall=wall, max_rss_mib=usage.ru_maxrss / 1024, rc=proc.returncode)
+    rss_mib = usage.ru_maxrss / 1024
+    if rss_file:
+        try:
+            rss_mib = int(Path(rss_file).read_text().split()[-1]) / 1024
+        finally:
+            os.unlink(rss_file)
+    return Run(wall=wall, max_rss_mib=rss_mib, rc=proc.returncode)
 
 
 def median_runs(make_cmd, n: int = 5, before=None) -> Run:  # type: ignore[no-untyped-def]

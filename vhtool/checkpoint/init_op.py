@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -16,7 +17,7 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
-from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -199,7 +200,9 @@ def init_checkpoint(
         copy_aux_files(ckpt.path, tmp)
         if not ckpt.sharded and link in ("auto", "copy"):
             layout = "single-file"
-            records = [_rewrite(ckpt, SINGLE_FILE, tmp, drop=drop, extra=head_tensors, progress=progress)]
+            records = [
+                _rewrite(ckpt, SINGLE_FILE, tmp, drop=drop, extra=head_tensors, progress=progress, fsync=durable)
+            ]
         else:
             layout = "sharded"
             if not ckpt.sharded:
@@ -208,7 +211,14 @@ def init_checkpoint(
                     "sharded value-head checkpoint (vhtool and transformers can)"
                 )
             records = _write_sharded(
-                ckpt, tmp, drop=drop, extra=head_tensors, link=link, want_hash=want_hash, progress=progress
+                ckpt,
+                tmp,
+                drop=drop,
+                extra=head_tensors,
+                link=link,
+                want_hash=want_hash,
+                progress=progress,
+                fsync=durable,
             )
         doc = new_manifest(
             role="policy",
@@ -259,6 +269,7 @@ def _rewrite(
     extra: list[PlannedTensor],
     progress: Progress | None,
     out_name: str | None = None,
+    fsync: bool = False,
 ) -> FileRecord:
     """Writes ``file`` again with ``drop`` removed and ``extra`` appended; tensor bytes move in the kernel."""
     hdr = ckpt.headers[file]
@@ -269,7 +280,9 @@ def _rewrite(
         if t.name not in drop
     ]
     name = out_name or file
-    return write_safetensors(tmp / name, kept + extra, metadata=hdr.metadata, name=name, progress=progress)
+    return write_safetensors(
+        tmp / name, kept + extra, metadata=hdr.metadata, name=name, progress=progress, fsync=fsync
+    )
 
 
 def _write_sharded(
@@ -281,8 +294,9 @@ def _write_sharded(
     link: str,
     want_hash: bool,
     progress: Progress | None,
+    fsync: bool = False,
 ) -> list[FileRecord]:
-    records: list[FileRecord] = []
+    jobs: list[Callable[[], FileRecord]] = []
     weight_map: dict[str, str] = {}
     for file in ckpt.weight_files:
         hdr = ckpt.headers[file]
@@ -291,21 +305,29 @@ def _write_sharded(
         if not names:
             continue  # a shard that held only the old value head
         if names != set(hdr.tensors):
-            rec = _rewrite(ckpt, file, tmp, drop=drop, extra=[], progress=progress, out_name=out_name)
+            jobs.append(
+                functools.partial(
+                    _rewrite, ckpt, file, tmp, drop=drop, extra=[], progress=progress, out_name=out_name, fsync=fsync
+                )
+            )
         else:
             src = ckpt.weight_path(file)
-            rec = place_file(
-                src,
-                tmp / out_name,
-                mode=link,
-                name=out_name,
-                want_hash=want_hash,
-                known_sha256=hub_blob_sha256(src),
-                progress=progress,
+            jobs.append(
+                functools.partial(
+                    place_file,
+                    src,
+                    tmp / out_name,
+                    mode=link,
+                    name=out_name,
+                    want_hash=want_hash,
+                    known_sha256=hub_blob_sha256(src),
+                    progress=progress,
+                    fsync=fsync,
+                )
             )
-        records.append(rec)
         weight_map.update(dict.fromkeys(names, out_name))
-    head_rec = write_safetensors(tmp / HEAD_SHARD, extra, metadata={"format": "pt"}, name=HEAD_SHARD)
+    records = run_parallel(jobs)
+    head_rec = write_safetensors(tmp / HEAD_SHARD, extra, metadata={"format": "pt"}, name=HEAD_SHARD, fsync=fsync)
     records.append(head_rec)
     weight_map.update(dict.fromkeys((t.name for t in extra), HEAD_SHARD))
     total_size = sum(loc.info.nbytes for n, loc in ckpt.tensors.items() if n not in drop) + sum(

@@ -10,6 +10,7 @@ shared layers have changed since.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.blocks import find_blocks, shared_tensor_names
-from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
 from vhtool.checkpoint.init_op import copy_aux_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint, safe_member
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
@@ -103,14 +104,13 @@ def make_reference(
 
     with atomic_output_dir(out, force=force, durable=durable) as tmp:
         copy_aux_files(ckpt.path, tmp)
-        records: list[FileRecord] = []
-        extra = [INDEX_FILE] if ckpt.sharded else []
-        if ckpt.sidecar is not None:
-            extra.append(SIDECAR_FILE)
-        for name in ckpt.weight_files + [e for e in extra if e == SIDECAR_FILE]:
+        extra = [SIDECAR_FILE] if ckpt.sidecar is not None else []
+        jobs: list[Callable[[], FileRecord]] = []
+        for name in ckpt.weight_files + extra:
             src = ckpt.weight_path(name)
-            records.append(
-                place_file(
+            jobs.append(
+                functools.partial(
+                    place_file,
                     src,
                     tmp / name,
                     mode=link,
@@ -118,8 +118,10 @@ def make_reference(
                     want_hash=want_hash,
                     known_sha256=recorded.get(name) or hub_blob_sha256(src),
                     progress=progress,
+                    fsync=durable,
                 )
             )
+        records: list[FileRecord] = run_parallel(jobs)
         if ckpt.sharded:
             (tmp / INDEX_FILE).write_bytes(safe_member(ckpt.path, INDEX_FILE, "the index").read_bytes())
         policy_files = {r.name: r.sha256 for r in records if r.name != SIDECAR_FILE}

@@ -65,6 +65,7 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    fsync: bool = False,
 ) -> FileRecord:
     """Writes a safetensors file whose data region follows ``tensors`` in order; returns size and sha256.
 
@@ -113,6 +114,8 @@ def write_safetensors(
                 with open(seg.path, "rb", buffering=0) as fsrc:
                     _kernel_copy(fsrc.fileno(), fd, seg.offset, size, seg.length, progress)
                 size += seg.length
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     finally:
