@@ -370,9 +370,15 @@ def test_reference_pattern_typo_is_an_error_not_a_frozen_policy(saved_model: Any
 
 _PEAK_SCRIPT = textwrap.dedent(
     """
-    import resource, sys, torch, warnings
+    import sys, torch, warnings
     warnings.simplefilter("ignore")
     from transformers import GPT2Config, AutoModelForCausalLM
+
+    def hwm():  # peak RSS of this process since the last reset, in bytes
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=8, n_embd=512, n_head=8, vocab_size=16000, n_positions=256)
     base = AutoModelForCausalLM.from_config(cfg)
@@ -382,10 +388,12 @@ _PEAK_SCRIPT = textwrap.dedent(
         from trl.experimental.ppo import AutoModelForCausalLMWithValueHead as C
         from trl.experimental.ppo.ppo_trainer import create_reference_model as make
     model = C(base)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import gc; gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak-RSS mark to the current RSS
+    before = hwm()
     ref = make(model, num_shared_layers=7)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    print(hwm() - before)
     """
 )
 
