@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from vhtool.cli.common import ForceOpt, JsonOpt, Out, QuietOpt, handle_errors
-from vhtool.errors import InputError
+from vhtool.errors import InputError, VhtoolError
 
 
 @contextmanager
@@ -69,6 +69,8 @@ def _summary_table(out: Out, summary: Any) -> None:
         ("input", summary.input_format),
         ("compute", f"{summary.dtype} on {summary.device}, {summary.padding_side} padding, {summary.forward} forward"),
     ]
+    if summary.ranks > 1:
+        rows.append(("ranks", f"{summary.ranks} (batches shared round-robin; speed is over all ranks)"))
     if summary.output:
         rows.append(("output", summary.output))
     for k, v in rows:
@@ -125,6 +127,38 @@ def score_command(
         str, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
     ] = "fail",
     input_format: Annotated[str, typer.Option("--format", help="Input format: auto, jsonl or text.")] = "auto",
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help=(
+                "Big-model loading (accelerate): auto, balanced, balanced_low_0 or sequential. The model is split "
+                "over the GPUs and offloaded to CPU/disk as needed; --device is then ignored."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help='With --device-map: a cap per device, e.g. cpu=200MB,0=20GiB or {"cpu": "200MB", "0": "20GiB"}.',
+            show_default=False,
+        ),
+    ] = None,
+    offload_folder: Annotated[
+        str | None,
+        typer.Option(
+            "--offload-folder", help="With --device-map: where weights offloaded to disk go.", show_default=False
+        ),
+    ] = None,
+    dist_timeout: Annotated[
+        float,
+        typer.Option(
+            "--dist-timeout",
+            help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
+        ),
+    ] = 1800.0,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the records (JSONL) to FILE, not stdout.", show_default=False),
@@ -143,10 +177,16 @@ def score_command(
     to a temporary sibling and renamed at the end, so it appears complete or not at all. On stdout, a
     file input is read and tokenised in full first, so nothing is printed when any record is bad; stdin
     is read once, window by window (4096 records): records of earlier windows may already be printed.
+
+    Under `torchrun --nproc-per-node K -m vhtool score ...` (or `accelerate launch -m vhtool score ...`) the
+    K ranks share the planned batches; rank 0 writes the one output, byte-identical to a single process's.
     """
+    from vhtool.models.distributed import detect_distributed, score_dataset_distributed
     from vhtool.models.scoring import InputSpec, ScoredRecord, ScoreOptions, SkippedRecord, score_dataset
 
-    out = Out(json_mode=json_out, quiet=quiet)
+    env = detect_distributed()
+    worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job
+    out = Out(json_mode=json_out, quiet=quiet or worker)
     options = ScoreOptions(
         head=head,
         per_token=per_token,
@@ -158,6 +198,9 @@ def score_command(
         device=device,
         on_error=on_error,
         input_format=input_format,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
     )
     if input_file is not None and text:
         raise InputError("give --input or --text, not both.")
@@ -189,22 +232,31 @@ def score_command(
 
     try:
         with _record_progress(out) as progress:
-            summary = score_dataset(
-                checkpoint,
-                inputs=spec,
-                options=options,
-                output=output,
-                force=force,
-                on_record=on_record,
-                on_skip=on_skip,
-                progress=progress,
-                validate_first=output is None and not json_out,
-            )
+            common: dict[str, Any] = {
+                "inputs": spec,
+                "options": options,
+                "output": output,
+                "force": force,
+                "on_record": on_record,
+                "on_skip": on_skip,
+                "progress": progress,
+                "validate_first": output is None and not json_out,
+            }
+            if env is None:
+                summary = score_dataset(checkpoint, **common)
+            else:
+                summary = score_dataset_distributed(checkpoint, env=env, timeout_s=dist_timeout, **common)
         sys.stdout.flush()
+    except VhtoolError as exc:
+        if worker:  # the same error is raised on every rank; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
     except BrokenPipeError:  # e.g. `vhtool score ... | head`: the reader has gone, stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(0) from None
+    if summary is None:  # a rank other than 0: rank 0 reports for the job
+        return
     for note in summary.notes:
         out.warn(note)
     if json_out:

@@ -198,6 +198,11 @@ def _reward_peft_config(info: AdapterInfo) -> Any:
 
 
 def _output_device(hf_model: Any) -> torch.device:
+    from vhtool.models.value_head import mapped_output_device
+
+    mapped = mapped_output_device(hf_model)  # under accelerate's device map: where the hidden state comes out
+    if mapped is not None:
+        return mapped
     get = getattr(hf_model, "get_output_embeddings", None)
     out = get() if get is not None else None
     if out is not None and getattr(out, "weight", None) is not None:

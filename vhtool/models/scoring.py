@@ -38,13 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from vhtool.errors import InputError, OperationError, OutputExistsError
+from vhtool.errors import InputError, OperationError, OutputExistsError, VhtoolError
 
 HEADS = ("reward", "value")
 JOIN_MODES = ("chat", "concat")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEVICES = ("cpu", "cuda", "auto")
 ON_ERROR = ("fail", "skip")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 FORMATS = ("auto", "jsonl", "text")
 DEFAULT_WINDOW = 4096
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -74,6 +75,12 @@ class ScoreOptions:
         on_error: ``fail`` (stop at the first bad record) or ``skip`` (report it and go on).
         input_format: ``auto``, ``jsonl`` or ``text``.
         window: records read (and sorted) at a time.
+        device_map: accelerate's big-model placement (``auto``, ``balanced``, ``balanced_low_0`` or
+            ``sequential``): the model is split over the accelerators and offloaded to CPU memory or disk as
+            needed; ``device`` is then ignored. ``None``: the whole model on ``device``.
+        max_memory: with ``device_map``, a cap per device: ``cpu=200MB,0=20GiB`` or a JSON object
+            (see :func:`parse_max_memory`).
+        offload_folder: with ``device_map``, where weights offloaded to disk go.
     """
 
     head: str | None = None
@@ -87,6 +94,9 @@ class ScoreOptions:
     on_error: str = "fail"
     input_format: str = "auto"
     window: int = DEFAULT_WINDOW
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -96,6 +106,7 @@ class ScoreOptions:
             "device": (self.device, DEVICES),
             "on_error": (self.on_error, ON_ERROR),
             "input_format": (self.input_format, FORMATS),
+            "device_map": (self.device_map, (None, *DEVICE_MAPS)),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -109,6 +120,65 @@ class ScoreOptions:
         ):
             if number is not None and (not isinstance(number, int) or number < 1):
                 raise InputError(f"--{name} must be a positive integer, got {number!r}.")
+        if self.device_map is None and (self.max_memory is not None or self.offload_folder is not None):
+            given = "--max-memory" if self.max_memory is not None else "--offload-folder"
+            raise InputError(f"{given} applies to big-model loading only; add --device-map auto.")
+        if self.max_memory is not None:
+            parse_max_memory(self.max_memory)
+
+
+def parse_max_memory(text: str) -> dict[int | str, int]:
+    """Parses a ``--max-memory`` value into accelerate's ``max_memory`` (device -> bytes).
+
+    Args:
+        text: ``DEVICE=SIZE`` pairs separated by commas (``cpu=200MB,0=20GiB``) or a JSON object
+            (``{"cpu": "200MB", "0": "20GiB"}``). A device is ``cpu``, ``mps``, a GPU number or ``cuda:N``; a size
+            is a number of bytes or a number with a unit (``KB``/``MB``/``GB`` are powers of 1000,
+            ``KiB``/``MiB``/``GiB`` powers of 1024).
+
+    Raises:
+        InputError: the text is not of that form.
+    """
+    from accelerate.utils import convert_file_size_to_int
+
+    hint = "give DEVICE=SIZE pairs, e.g. cpu=200MB,0=20GiB, or a JSON object"
+    body = text.strip()
+    pairs: list[tuple[Any, Any]] = []
+    if body.startswith("{"):
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise InputError(f"--max-memory: not valid JSON ({exc}); {hint}.") from None
+        pairs = list(doc.items())
+    else:
+        for part in body.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise InputError(f"--max-memory: {part.strip()!r} is not DEVICE=SIZE; {hint}.")
+            pairs.append((key, value.strip()))
+    if not pairs:
+        raise InputError(f"--max-memory is empty; {hint}.")
+    out: dict[int | str, int] = {}
+    for key, value in pairs:
+        name = str(key).strip().lower().removeprefix("cuda:")
+        device: int | str = int(name) if name.isdigit() else name
+        if isinstance(device, str) and device not in ("cpu", "mps"):
+            raise InputError(f"--max-memory: unknown device {str(key)!r}; use cpu, mps, a GPU number or cuda:N.")
+        try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                size = value
+            elif isinstance(value, str) and value.strip().isdigit():
+                size = int(value)
+            elif isinstance(value, str):
+                size = int(convert_file_size_to_int(value.strip()))
+            else:
+                raise ValueError(value)
+        except ValueError:
+            raise InputError(f"--max-memory: {value!r} is not a size (e.g. 200MB, 20GiB, 1000000).") from None
+        if size <= 0:
+            raise InputError(f"--max-memory: the size for {str(key)!r} must be positive.")
+        out[device] = size
+    return out
 
 
 @dataclass(frozen=True)
@@ -135,6 +205,15 @@ class ScoredRecord:
         if self.values is not None:
             doc["values"] = [_json_float(v) for v in self.values]
         return doc
+
+
+class BadRecordError(InputError):
+    """A record that cannot be scored, with ``on_error="fail"`` (exit 2); the message names its line."""
+
+    def __init__(self, message: str, *, index: int, line: int) -> None:
+        super().__init__(message)
+        self.index = index
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -181,6 +260,7 @@ class ScoreSummary:
     forward: str
     output: str | None = None
     notes: tuple[str, ...] = ()
+    ranks: int = 1
 
     @property
     def padding_fraction(self) -> float:
@@ -217,6 +297,7 @@ class ScoreSummary:
             "padding_side": self.padding_side,
             "forward": self.forward,
             "output": self.output,
+            "ranks": self.ranks,
             "notes": list(self.notes),
         }
 
@@ -376,16 +457,22 @@ class Scorer:
     Args:
         checkpoint: a vhtool (or TRL) value-head checkpoint: local directory, Hub id or ``builtin:*``.
         options: see :class:`ScoreOptions`.
+        local_rank: under torchrun, this process's GPU (``LOCAL_RANK``): CUDA scoring uses ``cuda:<local_rank>``.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike[str], *, options: ScoreOptions) -> None:
+    def __init__(
+        self, checkpoint: str | os.PathLike[str], *, options: ScoreOptions, local_rank: int | None = None
+    ) -> None:
         import torch
 
         t0 = time.perf_counter()
         self.checkpoint = str(checkpoint)
         self.options = options
         self.notes: list[str] = []
-        self.device = self._pick_device(options.device)
+        self.device = "cpu" if options.device_map is not None else self._pick_device(options.device)
+        if self.device == "cuda" and local_rank is not None:
+            torch.cuda.set_device(local_rank)
+            self.device = f"cuda:{local_rank}"
         self._load(torch)
         self.load_seconds = time.perf_counter() - t0
 
@@ -446,14 +533,34 @@ class Scorer:
                     "the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored."
                 )
             dtype = self._torch_dtype(torch, config)
+            load_kwargs: dict[str, Any] = {"dtype": dtype}
+            if self.options.device_map is not None:
+                load_kwargs["device_map"] = self.options.device_map
+                if self.options.max_memory is not None:
+                    load_kwargs["max_memory"] = parse_max_memory(self.options.max_memory)
+                if self.options.offload_folder is not None:
+                    load_kwargs["offload_folder"] = self.options.offload_folder
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model = AutoModelForCausalLMWithValueHead.from_pretrained(self.checkpoint, dtype=dtype)
+                try:
+                    model = AutoModelForCausalLMWithValueHead.from_pretrained(self.checkpoint, **load_kwargs)
+                except (ValueError, ImportError, RuntimeError, OSError) as exc:
+                    # under --device-map, accelerate reports a device or folder it cannot use this way
+                    if self.options.device_map is None or isinstance(exc, (VhtoolError, torch.OutOfMemoryError)):
+                        raise
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    if isinstance(exc, OSError) and exc.filename is not None:
+                        first = f"{exc.filename}: {exc.strerror or first}"
+                    hint = " Pass --offload-folder DIR." if "offload_folder" in first.lower() else ""
+                    raise InputError(f"--device-map {self.options.device_map}: {first}{hint}") from None
         finally:
             hf_logging.set_verbosity(previous)
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
         model.eval()
-        model.to(self.device)
+        if self.options.device_map is None:
+            model.to(self.device)
+        else:
+            self._place_mapped(model)
         self.model = model
         self.compute_dtype = str(next(model.pretrained_model.parameters()).dtype).replace("torch.", "")
 
@@ -492,6 +599,16 @@ class Scorer:
                 "Create a value-head checkpoint with `vhtool init`"
                 + (", or use --head reward." if has_adapter else ".")
             )
+        if head == "reward" and self.options.device_map is not None:
+            # PEFT copies adapter weights into the loaded parameters; an offloaded layer's are on the meta
+            # device, so the copy is a silent no-op and the scores would be garbage: refuse instead.
+            tag = f".{getattr(model, 'rm_adapter_name', None) or ''}."
+            if any(tag in n and p.device.type == "meta" for n, p in model.pretrained_model.named_parameters()):
+                raise InputError(
+                    f"--device-map {self.options.device_map} offloaded layers that the reward adapter modifies, and "
+                    "PEFT cannot load adapter weights into offloaded layers; give the model more --max-memory (no "
+                    "offload), score --head value, or score without --device-map."
+                )
         for w in caught:
             text = str(w.message)
             if "no value-head weights" not in text:
@@ -508,6 +625,21 @@ class Scorer:
             )
 
         self._setup_forward(torch)
+
+    def _place_mapped(self, model: Any) -> None:
+        """Under ``device_map``: inputs go to accelerate's main device; the heads sit where the hidden state is."""
+        device_map = getattr(model.pretrained_model, "hf_device_map", None)
+        if not device_map:  # everything fitted on one device: accelerate recorded no map
+            self.device = str(next(model.pretrained_model.parameters()).device)
+            self.notes.append(f"--device-map {self.options.device_map}: the whole model fits on {self.device}.")
+            return
+        names = {v: f"cuda:{v}" if isinstance(v, int) else str(v) for v in device_map.values()}
+        self.device = next((n for n in names.values() if n not in ("cpu", "disk")), "cpu")
+        head_device = model.v_head.summary.weight.device
+        placed = ", ".join(sorted(set(names.values())))
+        self.notes.append(
+            f"--device-map {self.options.device_map}: the model is placed on {placed}; the heads run on {head_device}."
+        )
 
     def _torch_dtype(self, torch: Any, config: Any) -> Any:
         name = self.options.dtype
@@ -815,7 +947,63 @@ def _validate_all(scorer: Scorer, spec: InputSpec, options: ScoreOptions) -> Non
     for window in _windows(items, options.window):
         for p in scorer.prepare(window):
             if p.error is not None:
-                raise InputError(f"{spec.label()}: line {p.item.line}: {p.error}.")
+                raise _bad_record(spec.label(), p)
+
+
+def _bad_record(label: str, p: _Prepared) -> BadRecordError:
+    return BadRecordError(f"{label}: line {p.item.line}: {p.error}.", index=p.item.index, line=p.item.line)
+
+
+def check_output(output: Path, *, force: bool, inputs: InputSpec) -> None:
+    """Refuses an output path that exists (without ``force``), is a directory, or is the input file.
+
+    Raises:
+        OutputExistsError: ``output`` exists and ``force`` is false.
+        InputError: ``output`` is a directory, its directory is missing, or it is the input file.
+    """
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to replace it.")
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; -o takes a file name.")
+    if not output.parent.exists():
+        raise InputError(f"{output.parent}: no such directory for the output.")
+    if inputs.path is not None and inputs.path.exists() and output.resolve() == inputs.path.resolve():
+        raise InputError(f"{output}: is the input file; choose another output.")
+
+
+class OutputFile:
+    """A JSONL output built in a temporary sibling (``.NAME.vhtool-tmp-PID``) and renamed into place at the end."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.tmp: Path | None = output.parent / f".{output.name}.vhtool-tmp-{os.getpid()}"
+        self.sink: TextIO | None = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by commit/discard
+
+    def commit(self) -> None:
+        """Flushes, syncs and renames the temporary file to the output.
+
+        Raises:
+            OperationError: the rename failed.
+        """
+        assert self.sink is not None and self.tmp is not None
+        self.sink.flush()
+        os.fsync(self.sink.fileno())
+        self.sink.close()
+        self.sink = None
+        try:
+            os.replace(self.tmp, self.output)
+        except OSError as exc:
+            raise OperationError(f"{self.output}: could not write the output ({exc.strerror}).") from None
+        self.tmp = None
+
+    def discard(self) -> None:
+        """Closes and removes the temporary file (a no-op after :meth:`commit`)."""
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+        if self.tmp is not None and self.tmp.exists():
+            self.tmp.unlink()
+        self.tmp = None
 
 
 def score_dataset(
@@ -835,6 +1023,7 @@ def score_dataset(
 
     Records are written to ``output`` (JSONL, built in a temporary sibling and renamed into place at the
     end, so a failed run leaves nothing) and/or passed to ``on_record`` as they are scored, window by window.
+    Under torchrun, see :func:`vhtool.models.distributed.score_dataset_distributed`.
 
     Args:
         checkpoint: the model to score with (local directory, Hub id, ``builtin:*``).
@@ -854,19 +1043,12 @@ def score_dataset(
         The summary of the run.
 
     Raises:
-        InputError: bad options, a bad record with ``on_error="fail"`` (the message names its line), an
-            existing ``output`` without ``force``, a checkpoint that cannot be scored.
+        InputError: bad options, a bad record with ``on_error="fail"`` (a :class:`BadRecordError` naming its
+            line), an existing ``output`` without ``force``, a checkpoint that cannot be scored.
         OperationError: writing the output failed.
     """
     if output is not None:
-        if output.exists() and not force:
-            raise OutputExistsError(f"{output} exists; pass --force to replace it.")
-        if output.is_dir():
-            raise InputError(f"{output}: is a directory; -o takes a file name.")
-        if not output.parent.exists():
-            raise InputError(f"{output.parent}: no such directory for the output.")
-        if inputs.path is not None and inputs.path.exists() and output.resolve() == inputs.path.resolve():
-            raise InputError(f"{output}: is the input file; choose another output.")
+        check_output(output, force=force, inputs=inputs)
     fmt, items = read_inputs(inputs, options.input_format)
     if scorer is None:
         scorer = Scorer(checkpoint, options=options)
@@ -874,40 +1056,30 @@ def score_dataset(
         _validate_all(scorer, inputs, options)
         fmt, items = read_inputs(inputs, options.input_format)
 
-    tmp: Path | None = None
-    sink: TextIO | None = None
-    if output is not None:
-        tmp = output.parent / f".{output.name}.vhtool-tmp-{os.getpid()}"
-        sink = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    out_file = OutputFile(output) if output is not None else None
     try:
-        summary = _run(
-            scorer,
-            items,
-            options,
-            fmt=fmt,
-            label=inputs.label(),
-            sink=sink,
-            on_record=on_record,
-            on_skip=on_skip,
-            progress=progress,
-        )
-        if sink is not None and tmp is not None and output is not None:
-            sink.flush()
-            os.fsync(sink.fileno())
-            sink.close()
-            sink = None
-            try:
-                os.replace(tmp, output)
-            except OSError as exc:
-                raise OperationError(f"{output}: could not write the output ({exc.strerror}).") from None
-            tmp = None
+        tally = _Tally()
+        for window in _windows(items, options.window):
+            prepared, good, lengths, plan = _plan_window(scorer, window, options, inputs.label())
+            results = _score_batches(scorer, good, plan, range(len(plan)))
+            tally.add_window(
+                prepared,
+                lengths,
+                plan,
+                results,
+                sink=out_file.sink if out_file is not None else None,
+                on_record=on_record,
+                on_skip=on_skip,
+                progress=progress,
+            )
+        summary = tally.summary(scorer, fmt)
+        if out_file is not None and output is not None:
+            out_file.commit()
             summary = _with_output(summary, str(output))
         return summary
     finally:
-        if sink is not None:
-            sink.close()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        if out_file is not None:
+            out_file.discard()
 
 
 def _with_output(summary: ScoreSummary, output: str) -> ScoreSummary:
@@ -916,43 +1088,69 @@ def _with_output(summary: ScoreSummary, output: str) -> ScoreSummary:
     return replace(summary, output=output)
 
 
-def _run(
-    scorer: Scorer,
-    items: Iterator[InputItem],
-    options: ScoreOptions,
-    *,
-    fmt: str,
-    label: str,
-    sink: TextIO | None,
-    on_record: Callable[[ScoredRecord], None] | None,
-    on_skip: Callable[[SkippedRecord], None] | None,
-    progress: Callable[[int], None] | None,
-) -> ScoreSummary:
-    stats = _Stats()
-    tokens = padded = truncated = batches = skipped = joined = 0
-    t0 = time.perf_counter()
-    for window in _windows(items, options.window):
-        prepared = scorer.prepare(window)
-        good: list[_Prepared] = []
-        for p in prepared:
-            if p.error is None:
-                good.append(p)
-            elif options.on_error == "fail":
-                raise InputError(f"{label}: line {p.item.line}: {p.error}.")
-        lengths = [len(p.ids or ()) for p in good]
-        results: dict[int, tuple[float, list[float] | None]] = {}
-        for batch in plan_batches(lengths, max_batch_tokens=options.max_batch_tokens, batch_size=options.batch_size):
-            seqs = [good[k].ids or [] for k in batch]
-            scores, values = scorer.score_batch(seqs)
-            batches += 1
-            padded += len(seqs) * max(len(s) for s in seqs)
-            for j, k in enumerate(batch):
-                results[k] = (scores[j], values[j] if values is not None else None)
+_Results = dict[int, tuple[float, "list[float] | None"]]
+
+
+def _plan_window(
+    scorer: Scorer, window: Sequence[InputItem], options: ScoreOptions, label: str
+) -> tuple[list[_Prepared], list[_Prepared], list[int], list[list[int]]]:
+    """Tokenises a window and plans its batches: ``(prepared, good, lengths of good, batches of good positions)``.
+
+    Raises:
+        BadRecordError: a bad record with ``on_error="fail"`` (the first in input order).
+    """
+    prepared = scorer.prepare(window)
+    good: list[_Prepared] = []
+    for p in prepared:
+        if p.error is None:
+            good.append(p)
+        elif options.on_error == "fail":
+            raise _bad_record(label, p)
+    lengths = [len(p.ids or ()) for p in good]
+    plan = plan_batches(lengths, max_batch_tokens=options.max_batch_tokens, batch_size=options.batch_size)
+    return prepared, good, lengths, plan
+
+
+def _score_batches(
+    scorer: Scorer, good: Sequence[_Prepared], plan: Sequence[list[int]], which: Iterable[int]
+) -> _Results:
+    """Scores the batches ``which`` (positions into ``plan``): ``{position in good: (score, values)}``."""
+    results: _Results = {}
+    for b in which:
+        batch = plan[b]
+        scores, values = scorer.score_batch([good[k].ids or [] for k in batch])
+        for j, k in enumerate(batch):
+            results[k] = (scores[j], values[j] if values is not None else None)
+    return results
+
+
+class _Tally:
+    """The records of a run in input order, window by window: writes them, counts them, and sums them up."""
+
+    def __init__(self) -> None:
+        self.stats = _Stats()
+        self.tokens = self.padded = self.truncated = self.batches = self.skipped = self.joined = 0
+        self.t0 = time.perf_counter()
+
+    def add_window(
+        self,
+        prepared: Sequence[_Prepared],
+        lengths: Sequence[int],
+        plan: Sequence[list[int]],
+        results: _Results,
+        *,
+        sink: TextIO | None,
+        on_record: Callable[[ScoredRecord], None] | None,
+        on_skip: Callable[[SkippedRecord], None] | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.batches += len(plan)
+        self.padded += sum(len(b) * max(lengths[k] for k in b) for b in plan)
         done = 0
         k = 0
         for p in prepared:
             if p.error is not None:
-                skipped += 1
+                self.skipped += 1
                 if on_skip is not None:
                     on_skip(SkippedRecord(p.item.index, p.item.line, p.error))
                 done += 1
@@ -967,10 +1165,10 @@ def _run(
                 truncated=p.truncated,
                 values=tuple(vals) if vals is not None else None,
             )
-            stats.add(record.score)
-            tokens += n
-            truncated += int(p.truncated)
-            joined += int(p.joined)
+            self.stats.add(record.score)
+            self.tokens += n
+            self.truncated += int(p.truncated)
+            self.joined += int(p.joined)
             if sink is not None:
                 sink.write(json.dumps(record.to_json(), allow_nan=False) + "\n")
             if on_record is not None:
@@ -978,40 +1176,45 @@ def _run(
             done += 1
         if progress is not None and done:
             progress(done)
-    seconds = time.perf_counter() - t0
-    have = stats.finite > 0
-    return ScoreSummary(
-        checkpoint=scorer.checkpoint,
-        count=stats.count,
-        skipped=skipped,
-        mean=stats.mean if have else None,
-        std=math.sqrt(stats.m2 / stats.finite) if have else None,
-        min=stats.min if have else None,
-        max=stats.max if have else None,
-        nan_count=stats.nan,
-        inf_count=stats.inf,
-        tokens=tokens,
-        padded_tokens=padded,
-        truncated=truncated,
-        batches=batches,
-        seconds=seconds,
-        load_seconds=scorer.load_seconds,
-        tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
-        records_per_s=stats.count / seconds if seconds > 0 else 0.0,
-        head=scorer.head,
-        head_reason=scorer.head_reason,
-        join=scorer.join,
-        joined_records=joined,
-        input_format=fmt,
-        dtype=scorer.compute_dtype,
-        device=scorer.device,
-        padding_side=scorer.padding_side,
-        forward=scorer.forward_kind,
-        notes=tuple(scorer.notes),
-    )
+
+    def summary(self, scorer: Scorer, fmt: str, *, ranks: int = 1) -> ScoreSummary:
+        seconds = time.perf_counter() - self.t0
+        stats = self.stats
+        have = stats.finite > 0
+        return ScoreSummary(
+            checkpoint=scorer.checkpoint,
+            count=stats.count,
+            skipped=self.skipped,
+            mean=stats.mean if have else None,
+            std=math.sqrt(stats.m2 / stats.finite) if have else None,
+            min=stats.min if have else None,
+            max=stats.max if have else None,
+            nan_count=stats.nan,
+            inf_count=stats.inf,
+            tokens=self.tokens,
+            padded_tokens=self.padded,
+            truncated=self.truncated,
+            batches=self.batches,
+            seconds=seconds,
+            load_seconds=scorer.load_seconds,
+            tokens_per_s=self.tokens / seconds if seconds > 0 else 0.0,
+            records_per_s=stats.count / seconds if seconds > 0 else 0.0,
+            head=scorer.head,
+            head_reason=scorer.head_reason,
+            join=scorer.join,
+            joined_records=self.joined,
+            input_format=fmt,
+            dtype=scorer.compute_dtype,
+            device=scorer.device,
+            padding_side=scorer.padding_side,
+            forward=scorer.forward_kind,
+            notes=tuple(scorer.notes),
+            ranks=ranks,
+        )
 
 
 __all__ = [
+    "BadRecordError",
     "InputItem",
     "InputSpec",
     "ScoreOptions",
@@ -1019,6 +1222,9 @@ __all__ = [
     "ScoredRecord",
     "Scorer",
     "SkippedRecord",
+    "OutputFile",
+    "check_output",
+    "parse_max_memory",
     "plan_batches",
     "read_inputs",
     "score_dataset",

@@ -62,7 +62,7 @@ class ValueHead(nn.Module):
         else:
             summary_dropout_prob = kwargs.pop("summary_dropout_prob", 0.1)
         self.dropout: nn.Module = nn.Dropout(summary_dropout_prob) if summary_dropout_prob else nn.Identity()
-        self.summary = nn.Linear(config_hidden_size(config), 1)
+        self.summary: nn.Linear = nn.Linear(config_hidden_size(config), 1)
         self.flatten = nn.Flatten()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,37 @@ class ValueHead(nn.Module):
             output = output.to(self.summary.weight.dtype)
         out: torch.Tensor = self.summary(output)
         return out
+
+
+def mapped_output_device(model: nn.Module) -> torch.device | None:
+    """Where the backbone's last hidden state comes out of a model dispatched by accelerate (``hf_device_map``).
+
+    That is the execution device of the last module of the device map in the model's own module order,
+    the LM head left out: a module mapped to ``"cpu"`` or ``"disk"`` (offloaded) executes on accelerate's
+    main device (the first accelerator in the map, else the CPU). ``None`` when the model has no device map.
+    Offloaded weights sit on the ``meta`` device, so a head must never follow them there.
+    """
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    order = {name: k for k, (name, _) in enumerate(base.named_modules())}
+    get_out = getattr(base, "get_output_embeddings", None)
+    out = get_out() if get_out is not None else None
+    out_names = {name for name, m in base.named_modules() if out is not None and m is out}
+
+    def is_out(key: str) -> bool:
+        return any(key == n or key.startswith(n + ".") for n in out_names)
+
+    def device(value: Any) -> str:
+        return f"cuda:{value}" if isinstance(value, int) else str(value)
+
+    offloaded = ("cpu", "disk")
+    main = next((device(v) for v in device_map.values() if device(v) not in offloaded), "cpu")
+    keys = [k for k in device_map if not is_out(k)] or list(device_map)
+    last = max(keys, key=lambda k: (order.get(k, -1), k))
+    where = device(device_map[last])
+    return torch.device(main if where in offloaded else where)
 
 
 def _peft_types() -> tuple[type, ...]:
@@ -296,9 +327,8 @@ class PreTrainedModelWrapper(nn.Module):
                     f"the model needs {list(expected)}."
                 )
             self.v_head.load_state_dict(head_state)
-        device_map = getattr(self.pretrained_model, "hf_device_map", None)
-        if device_map:
-            target = self._lm_head_device()
+        target = mapped_output_device(self.pretrained_model)
+        if target is not None:  # accelerate's device map: next to the backbone's output (never on meta)
             self.v_head.to(target)
             self.is_sequential_parallel = True
 
