@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,6 @@ def load_policy_and_reference(
         InputError: the reference is not a vhtool reference, or its shared tensors no longer match.
     """
     import torch
-    from safetensors import safe_open
 
     from vhtool.checkpoint.layout import open_checkpoint
     from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
@@ -166,43 +166,100 @@ def load_policy_and_reference(
     def param_name(tensor: str) -> str:
         return tensor if tensor.startswith("v_head.") else f"pretrained_model.{tensor}"
 
-    shared = [param_name(n) for n in info.get("shared_tensors") or []]
+    def read_stored(tensor: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        """A tensor of the reference checkpoint, read straight into ``into``'s memory when the dtype matches."""
+        where = ref_ckpt.tensors.get(tensor)
+        if where is None:
+            raise InputError(f"{reference_dir}: vhtool.json lists tensor {tensor!r}; no weight file holds it.")
+        return read_tensor(ref_ckpt.weight_path(where.file), ref_ckpt.headers[where.file], tensor, into=into)
+
+    shared_tensors = list(info.get("shared_tensors") or [])
+    shared = [param_name(n) for n in shared_tensors]
     missing = [n for n in shared if n not in params]
     if missing:
         raise InputError(f"{reference_dir}: shared tensor {missing[0]!r} is not a parameter of the policy.")
-    # Drift check: the policy's shared tensors must equal what the reference stored at make-reference time.
-    for tensor in info.get("shared_tensors") or []:
-        stored_at = ref_ckpt.tensors.get(tensor)
-        if stored_at is None:
-            raise InputError(f"{reference_dir}: vhtool.json lists shared tensor {tensor!r}; no weight file holds it.")
-        with safe_open(str(ref_ckpt.weight_path(stored_at.file)), framework="pt") as fh:
-            stored = fh.get_tensor(tensor)
+    # Drift check, one tensor at a time: the policy's shared tensors must equal the reference's stored copies.
+    for tensor in shared_tensors:
+        stored = read_stored(tensor)
         mine = params[param_name(tensor)].detach()
         if stored.shape != mine.shape or not torch.equal(stored.to(mine.dtype), mine.cpu()):
             raise InputError(
                 f"the policy's shared tensor {tensor!r} differs from the reference's copy: the policy changed after "
                 "`vhtool make-reference`; make a new reference from the current policy."
             )
-    memo: dict[int, Any] = {id(params[n]): params[n] for n in shared}
+        del stored
+    # The deep copy reuses shared parameters and gets *uninitialised* stand-ins for the others, so the
+    # policy's values are never copied only to be overwritten: the reference's own bytes are read into them.
+    shared_set = set(shared)
+    memo: dict[int, Any] = {}
+    for name, p in params.items():
+        if name in shared_set:
+            memo[id(p)] = p
+        elif id(p) not in memo:
+            memo[id(p)] = nn.Parameter(torch.empty_like(p), requires_grad=False)
     reference = copy.deepcopy(policy, memo)
-    ref_params = dict(reference.named_parameters())
-    by_file: dict[str, list[tuple[str, str]]] = {}
-    for pname in ref_params:
-        if pname in shared:
-            continue
-        tensor = pname[len("pretrained_model.") :] if pname.startswith("pretrained_model.") else pname
-        loc = ref_ckpt.tensors.get(tensor)
-        if loc is not None:
-            by_file.setdefault(loc.file, []).append((pname, tensor))
     with torch.no_grad():
-        for file, items in by_file.items():
-            with safe_open(str(ref_ckpt.weight_path(file)), framework="pt") as fh:
-                for pname, tensor in items:
-                    target = ref_params[pname]
-                    target.copy_(fh.get_tensor(tensor).to(dtype=target.dtype, device=target.device))
+        for name, p in reference.named_parameters():
+            if name in shared_set:
+                continue
+            tensor = name[len("pretrained_model.") :] if name.startswith("pretrained_model.") else name
+            if tensor in ref_ckpt.tensors:
+                read_stored(tensor, into=p)
+            else:  # tied or not saved (e.g. an LM head tied to unshared embeddings): the policy's value is the truth
+                p.copy_(params[name])
     for n in shared:
         params[n].requires_grad_(False)
     for p in reference.parameters():
         p.requires_grad_(False)
     setattr(reference, "shared_parameter_names", shared)  # noqa: B010
     return policy, reference.eval()
+
+
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def read_tensor(path: Path, header: Any, name: str, *, into: Any = None) -> Any:
+    """Reads one tensor of a safetensors file with ``pread`` (no mmap, so no file pages held in RSS).
+
+    When ``into`` (a contiguous CPU tensor of the same dtype and shape) is given, the bytes land
+    directly in its memory; otherwise a new tensor is returned. Other cases convert through a copy.
+    """
+    import torch
+
+    info = header.tensors[name]
+    dtype = getattr(torch, _TORCH_DTYPES.get(info.dtype, ""), None)
+    if dtype is None:
+        raise InputError(f"{path}: tensor {name!r} has dtype {info.dtype}, which vhtool cannot load.")
+    direct = (
+        into is not None
+        and into.dtype == dtype
+        and tuple(into.shape) == info.shape
+        and into.device.type == "cpu"
+        and into.is_contiguous()
+    )
+    target = into if direct else torch.empty(info.shape, dtype=dtype)
+    buf = target.view(torch.uint8).reshape(-1).numpy() if target.numel() else None
+    if buf is not None:
+        with open(path, "rb", buffering=0) as fh:
+            view = memoryview(buf).cast("B")
+            done = 0
+            while done < info.nbytes:
+                n = os.preadv(fh.fileno(), [view[done:]], header.data_start + info.begin + done)
+                if n <= 0:
+                    raise InputError(f"{path}: file ended inside tensor {name!r}.")
+                done += n
+    if into is not None and not direct:
+        into.copy_(target.to(dtype=into.dtype).reshape(into.shape))
+        return into
+    return target
