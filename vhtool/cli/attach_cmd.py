@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt, RevisionOpt, handle_errors
+from vhtool.cli.common import (
+    ForceOpt,
+    HashLinksOpt,
+    JsonOpt,
+    LinkOpt,
+    NoFsyncOpt,
+    Out,
+    OutOpt,
+    QuietOpt,
+    RevisionOpt,
+    handle_errors,
+)
 
 
 @handle_errors
@@ -23,14 +34,14 @@ def attach_command(
     output: OutOpt = None,
     revision: RevisionOpt = None,
     link: LinkOpt = "auto",
-    hash_links: Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")] = False,
+    hash_links: HashLinksOpt = False,
     allow_pickle: Annotated[
         bool,
         typer.Option(
             "--allow-pickle", help="Accept adapter_model.bin (read with weights_only=True, stored as safetensors)."
         ),
     ] = False,
-    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -71,12 +82,11 @@ def attach_command(
             progress_factory=factory,
             durable=not no_fsync,
         )
-    for note in result.notes:
-        out.warn(note)
-    if json_out:
-        out.data(result.to_json())
-        return
-    out.result(
-        f"Wrote {result.out} with reward adapter {result.adapter_name!r} ({result.peft_type}, "
-        f"{result.adapted_modules} modules, score head {list(result.score_shape)}) in {result.seconds:.2f} s."
+    out.finish(
+        result,
+        notes=result.notes,
+        line=lambda: (
+            f"Wrote {result.out} with reward adapter {result.adapter_name!r} ({result.peft_type}, "
+            f"{result.adapted_modules} modules, score head {list(result.score_shape)}) in {result.seconds:.2f} s."
+        ),
     )

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -37,6 +37,9 @@ LinkOpt = Annotated[
         ),
     ),
 ]
+
+HashLinksOpt = Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")]
+NoFsyncOpt = Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")]
 
 _debug = False
 
@@ -87,6 +90,15 @@ class Out:
         """A human-readable result line on stdout (suppressed by --json and --quiet)."""
         if not (self.quiet or self.json_mode):
             self.console.print(message)
+
+    def finish(self, result: Any, *, notes: Iterable[str], line: Callable[[], str]) -> None:
+        """Ends a writing command: its notes as warnings, then ``result.to_json()`` or the human ``line()``."""
+        for note in notes:
+            self.warn(note)
+        if self.json_mode:
+            self.data(result.to_json())
+        else:
+            self.result(line())
 
     def warn(self, message: str) -> None:
         if not self.quiet:

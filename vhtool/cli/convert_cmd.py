@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, Out, OutOpt, QuietOpt, handle_errors
+from vhtool.cli.common import ForceOpt, JsonOpt, NoFsyncOpt, Out, OutOpt, QuietOpt, handle_errors
 
 
 @handle_errors
@@ -46,7 +46,7 @@ def convert_command(
         bool,
         typer.Option("--allow-lossy", help="Drop a non-zero bias the target cannot hold (recorded in vhtool.json)."),
     ] = False,
-    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt, RevisionOpt, handle_errors
+from vhtool.cli.common import (
+    ForceOpt,
+    HashLinksOpt,
+    JsonOpt,
+    LinkOpt,
+    NoFsyncOpt,
+    Out,
+    OutOpt,
+    QuietOpt,
+    RevisionOpt,
+    handle_errors,
+)
 
 
 @handle_errors
@@ -24,14 +35,14 @@ def init_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the value-head init (same seed, same bytes).")] = 0,
     revision: RevisionOpt = None,
     link: LinkOpt = "auto",
-    hash_links: Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")] = False,
+    hash_links: HashLinksOpt = False,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept a pickle-only source (read with weights_only=True).")
     ] = False,
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Accepted for parity; init never runs model code.")
     ] = False,
-    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -67,13 +78,12 @@ def init_command(
             progress_factory=factory,
             durable=not no_fsync,
         )
-    for note in result.notes:
-        out.warn(note)
-    if json_out:
-        out.data(result.to_json())
-        return
     total = sum(f.size for f in result.files)
-    out.result(
-        f"Wrote {result.out} ({result.layout}, {result.architecture}, {total / 1e6:.1f} MB) with value head "
-        f"{list(result.head_shape)} {result.head_dtype} ({head.strategy}) in {result.seconds:.2f} s."
+    out.finish(
+        result,
+        notes=result.notes,
+        line=lambda: (
+            f"Wrote {result.out} ({result.layout}, {result.architecture}, {total / 1e6:.1f} MB) with value head "
+            f"{list(result.head_shape)} {result.head_dtype} ({head.strategy}) in {result.seconds:.2f} s."
+        ),
     )

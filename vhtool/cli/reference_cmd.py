@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, LinkOpt, Out, OutOpt, QuietOpt, handle_errors
+from vhtool.cli.common import (
+    ForceOpt,
+    HashLinksOpt,
+    JsonOpt,
+    LinkOpt,
+    NoFsyncOpt,
+    Out,
+    OutOpt,
+    QuietOpt,
+    handle_errors,
+)
 
 
 @handle_errors
@@ -27,8 +37,8 @@ def make_reference_command(
     ] = None,
     output: OutOpt = None,
     link: LinkOpt = "auto",
-    hash_links: Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")] = False,
-    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")] = False,
+    hash_links: HashLinksOpt = False,
+    no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -56,15 +66,12 @@ def make_reference_command(
             progress_factory=factory,
             durable=not no_fsync,
         )
-    for note in result.notes:
-        out.warn(note)
-    if json_out:
-        out.data(result.to_json())
-        return
     what = (
         "a full frozen copy (nothing shared)"
         if result.shared_layers is None
         else f"embeddings + {result.shared_layers} of {result.num_blocks} blocks shared ({result.pattern}, "
         f"{len(result.shared_tensors)} tensors)"
     )
-    out.result(f"Wrote reference {result.out}: {what} in {result.seconds:.2f} s.")
+    out.finish(
+        result, notes=result.notes, line=lambda: f"Wrote reference {result.out}: {what} in {result.seconds:.2f} s."
+    )

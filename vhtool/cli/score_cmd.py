@@ -182,7 +182,14 @@ def score_command(
     K ranks share the planned batches; rank 0 writes the one output, byte-identical to a single process's.
     """
     from vhtool.models.distributed import detect_distributed, score_dataset_distributed
-    from vhtool.models.scoring import InputSpec, ScoredRecord, ScoreOptions, SkippedRecord, score_dataset
+    from vhtool.models.scoring import (
+        InputSpec,
+        ScoredRecord,
+        ScoreOptions,
+        ScoreSummary,
+        SkippedRecord,
+        score_dataset,
+    )
 
     env = detect_distributed()
     worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job
@@ -242,6 +249,7 @@ def score_command(
                 "progress": progress,
                 "validate_first": output is None and not json_out,
             }
+            summary: ScoreSummary | None
             if env is None:
                 summary = score_dataset(checkpoint, **common)
             else:

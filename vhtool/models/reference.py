@@ -171,7 +171,9 @@ def load_policy_and_reference(
         where = ref_ckpt.tensors.get(tensor)
         if where is None:
             raise InputError(f"{reference_dir}: vhtool.json lists tensor {tensor!r}; no weight file holds it.")
-        return read_tensor(ref_ckpt.weight_path(where.file), ref_ckpt.headers[where.file], tensor, into=into)
+        path, header = ref_ckpt.weight_path(where.file), ref_ckpt.headers[where.file]
+        out: torch.Tensor = read_tensor(path, header, tensor, into=into)
+        return out
 
     shared_tensors = list(info.get("shared_tensors") or [])
     shared = [param_name(n) for n in shared_tensors]
@@ -249,7 +251,7 @@ def read_tensor(path: Path, header: Any, name: str, *, into: Any = None) -> Any:
         and into.is_contiguous()
     )
     target = into if direct else torch.empty(info.shape, dtype=dtype)
-    buf = target.view(torch.uint8).reshape(-1).numpy() if target.numel() else None
+    buf: Any = target.view(torch.uint8).reshape(-1).numpy() if target.numel() else None
     if buf is not None:
         with open(path, "rb", buffering=0) as fh:
             view = memoryview(buf).cast("B")

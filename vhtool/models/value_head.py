@@ -73,7 +73,7 @@ class ValueHead(nn.Module):
         return out
 
 
-def mapped_output_device(model: nn.Module) -> torch.device | None:
+def mapped_output_device(model: Any) -> torch.device | None:
     """Where the backbone's last hidden state comes out of a model dispatched by accelerate (``hf_device_map``).
 
     That is the execution device of the last module of the device map in the model's own module order,
@@ -84,7 +84,7 @@ def mapped_output_device(model: nn.Module) -> torch.device | None:
     device_map = getattr(model, "hf_device_map", None)
     if not device_map:
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     order = {name: k for k, (name, _) in enumerate(base.named_modules())}
     get_out = getattr(base, "get_output_embeddings", None)
     out = get_out() if get_out is not None else None
