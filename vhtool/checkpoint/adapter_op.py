@@ -29,7 +29,8 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.conventions import find_heads
-from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hash_file, hub_blob_sha256, place_file
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hash_file
+from vhtool.checkpoint.init_op import place_weight_files
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -39,7 +40,6 @@ from vhtool.checkpoint.layout import (
     open_checkpoint,
     read_json_object,
     safe_member,
-    symlinked_files,
 )
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
 from vhtool.checkpoint.safetensors_io import read_header
@@ -528,21 +528,9 @@ def attach_reward_adapter(
 
     with atomic_output_dir(out, force=force, durable=durable) as tmp:
         _copy_policy_aux(ckpt.path, tmp)
-        records: list[FileRecord] = []
-        linked = symlinked_files(ckpt.manifest)
-        for name in files_to_place:
-            src = safe_member(ckpt.path, name, "the index", allow_link_out=name in linked)
-            records.append(
-                place_file(
-                    src,
-                    tmp / name,
-                    mode=link,
-                    name=name,
-                    want_hash=want_hash,
-                    known_sha256=hub_blob_sha256(src),
-                    progress=progress,
-                )
-            )
+        records = place_weight_files(
+            ckpt, tmp, files_to_place, link=link, want_hash=want_hash, progress=progress, fsync=durable
+        )
         if ckpt.index is not None:
             shutil.copyfile(safe_member(ckpt.path, INDEX_FILE, "the index"), tmp / INDEX_FILE)
         adapter_files = _copy_adapter(info, tmp / adapter_name)

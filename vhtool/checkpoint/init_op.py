@@ -141,6 +141,41 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def place_weight_files(
+    ckpt: Checkpoint,
+    tmp: Path,
+    names: list[str],
+    *,
+    link: str,
+    want_hash: bool,
+    progress: Progress | None,
+    fsync: bool,
+    known_sha256: dict[str, str | None] | None = None,
+) -> list[FileRecord]:
+    """Places weight files of ``ckpt`` unchanged into ``tmp`` by ``link`` mode, two at a time, in ``names`` order.
+
+    A file's sha256 comes with its copy; for linked files it is taken from ``known_sha256`` or the Hub
+    cache's blob name, else computed only when ``want_hash``.
+    """
+    jobs: list[Callable[[], FileRecord]] = []
+    for name in names:
+        src = ckpt.weight_path(name)
+        jobs.append(
+            functools.partial(
+                place_file,
+                src,
+                tmp / name,
+                mode=link,
+                name=name,
+                want_hash=want_hash,
+                known_sha256=(known_sha256 or {}).get(name) or hub_blob_sha256(src),
+                progress=progress,
+                fsync=fsync,
+            )
+        )
+    return run_parallel(jobs)
+
+
 def init_checkpoint(
     src: Path,
     out: Path,

@@ -10,7 +10,6 @@ shared layers have changed since.
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.blocks import find_blocks, shared_tensor_names
-from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
-from vhtool.checkpoint.init_op import copy_aux_files
+from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress
+from vhtool.checkpoint.init_op import copy_aux_files, place_weight_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint, safe_member
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
 from vhtool.errors import InputError
@@ -105,23 +104,16 @@ def make_reference(
     with atomic_output_dir(out, force=force, durable=durable) as tmp:
         copy_aux_files(ckpt.path, tmp)
         extra = [SIDECAR_FILE] if ckpt.sidecar is not None else []
-        jobs: list[Callable[[], FileRecord]] = []
-        for name in ckpt.weight_files + extra:
-            src = ckpt.weight_path(name)
-            jobs.append(
-                functools.partial(
-                    place_file,
-                    src,
-                    tmp / name,
-                    mode=link,
-                    name=name,
-                    want_hash=want_hash,
-                    known_sha256=recorded.get(name) or hub_blob_sha256(src),
-                    progress=progress,
-                    fsync=durable,
-                )
-            )
-        records: list[FileRecord] = run_parallel(jobs)
+        records = place_weight_files(
+            ckpt,
+            tmp,
+            ckpt.weight_files + extra,
+            link=link,
+            want_hash=want_hash,
+            progress=progress,
+            fsync=durable,
+            known_sha256=recorded,
+        )
         if ckpt.sharded:
             (tmp / INDEX_FILE).write_bytes(safe_member(ckpt.path, INDEX_FILE, "the index").read_bytes())
         policy_files = {r.name: r.sha256 for r in records if r.name != SIDECAR_FILE}
