@@ -46,6 +46,39 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".")) or name.count("/") > 1
 
 
+def locate(name: str, *, revision: str | None = None, missing: str = "no such file or directory") -> tuple[str, Any]:
+    """The one rule deciding what a model name means: ``("builtin", Path)``, ``("local", Path)`` or ``("hub", id)``.
+
+    A path that exists is local and never sent to the Hub; a name that can only be a path but does not
+    exist is an error (``missing`` words it for the caller); anything else must be a valid Hub id.
+
+    Raises:
+        InputError: an unknown built-in, a missing path, ``revision`` given for a local path, an invalid id.
+    """
+    if name.startswith(BUILTIN_PREFIX):
+        from vhtool.builtin import builtin_path
+
+        try:
+            return "builtin", builtin_path(name)
+        except KeyError as exc:
+            raise InputError(str(exc.args[0]) if exc.args else f"unknown built-in model {name!r}.") from None
+    path = Path(name).expanduser()
+    if path.exists():
+        if revision:
+            raise InputError(f"{name}: --revision applies to Hub ids, not to a local directory.")
+        return "local", path
+    if looks_like_path(name):
+        raise InputError(f"{name}: {missing}.")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise InputError(f"{name!r} is neither an existing directory nor a valid Hub model id.") from None
+    return "hub", name
+
+
 def resolve_source(
     model: str,
     *,
@@ -64,20 +97,9 @@ def resolve_source(
         InputError: a missing path or an unknown built-in.
         HubUnavailableError: the id cannot be fetched (offline, no such repo).
     """
-    if model.startswith(BUILTIN_PREFIX):
-        from vhtool.builtin import builtin_path
-
-        try:
-            return Source(path=builtin_path(model), kind="builtin", model=model)
-        except KeyError as exc:
-            raise InputError(str(exc.args[0]) if exc.args else f"unknown built-in model {model!r}.") from None
-    path = Path(model).expanduser()
-    if path.exists():
-        if revision:
-            raise InputError(f"{model}: --revision applies to Hub ids, not to a local directory.")
-        return Source(path=path, kind="local", model=model)
-    if looks_like_path(model):
-        raise InputError(f"{model}: no such file or directory.")
+    kind, where = locate(model, revision=revision)
+    if kind != "hub":
+        return Source(path=where, kind=kind, model=model)
     return _download(model, revision=revision, allow_pickle=allow_pickle, token=token, cache_dir=cache_dir)
 
 
@@ -87,19 +109,12 @@ def _download(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
-        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    try:
-        from huggingface_hub.utils._validators import validate_repo_id
-
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise InputError(f"{repo_id!r} is neither an existing directory nor a valid Hub model id.") from None
     patterns = SNAPSHOT_PATTERNS + (["*.bin", "*.pt"] if allow_pickle else [])
     offline_hint = (
         f"cannot fetch {repo_id!r} from the Hub (offline or unreachable). Download it on a connected machine "

@@ -29,15 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
 from vhtool.checkpoint.conventions import CONVENTIONS, VHEAD_BIAS, VHEAD_WEIGHT, Detected, detect_convention
 from vhtool.checkpoint.copyio import FileRecord, Progress, place_file
 from vhtool.checkpoint.init_op import HEAD_SHARD, copy_aux_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, SINGLE_FILE, Checkpoint, hidden_size, open_checkpoint
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
-from vhtool.checkpoint.safetensors_io import DTYPE_SIZES, FLOAT_DTYPES, SafetensorsHeader, TensorInfo
+from vhtool.checkpoint.safetensors_io import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    SafetensorsHeader,
+    TensorInfo,
+    read_tensor_values,
+)
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
 from vhtool.errors import CheckpointError, InputError
 
@@ -168,24 +172,6 @@ def target_head_keys(target: str, head_name: str) -> tuple[str, str | None]:
     return f"{head_name}.weight", None
 
 
-def _decode_scalars(raw: bytes, dtype: str) -> list[float]:
-    """Floats from little-endian bytes of a float dtype (used for the one-number bias)."""
-    if dtype == "BF16":
-        as_u32 = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
-        return [float(x) for x in as_u32.view("<f4")]
-    np_dtype = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype]
-    return [float(x) for x in np.frombuffer(raw, dtype=np_dtype)]
-
-
-def _read_range(src: RangeSource) -> bytes:
-    with open(src.path, "rb") as fh:
-        fh.seek(src.offset)
-        raw = fh.read(src.length)
-    if len(raw) != src.length:
-        raise CheckpointError(f"{src.path}: file shrank while being read.")
-    return raw
-
-
 def _range(path: Path, hdr: SafetensorsHeader, info: TensorInfo) -> RangeSource:
     return RangeSource(path, hdr.data_start + info.begin, info.nbytes)
 
@@ -206,13 +192,16 @@ def _head_source(ckpt: Checkpoint, det: Detected) -> _HeadSource:
     return _HeadSource(ckpt.headers[det.head.file], ckpt.path / det.head.file, inline=True)
 
 
-def _source_tensor(ckpt: Checkpoint, hs: _HeadSource, name: str) -> tuple[TensorInfo, RangeSource]:
+def _source_header(ckpt: Checkpoint, hs: _HeadSource, name: str) -> tuple[SafetensorsHeader, TensorInfo]:
     if hs.inline:
         loc = ckpt.tensors[name]
-        hdr = ckpt.headers[loc.file]
-        return loc.info, _range(ckpt.path / loc.file, hdr, loc.info)
-    info = hs.hdr.tensors[name]
-    return info, _range(hs.path, hs.hdr, info)
+        return ckpt.headers[loc.file], loc.info
+    return hs.hdr, hs.hdr.tensors[name]
+
+
+def _source_tensor(ckpt: Checkpoint, hs: _HeadSource, name: str) -> tuple[TensorInfo, RangeSource]:
+    hdr, info = _source_header(ckpt, hs, name)
+    return info, _range(hdr.path, hdr, info)
 
 
 def convert_checkpoint(
@@ -305,8 +294,7 @@ def convert_checkpoint(
             head_out.append(PlannedTensor(tb, w_info.dtype, (1,), b"\0" * DTYPE_SIZES[w_info.dtype]))
             notes.append(f"the source head has no bias; wrote a zero {tb}")
     elif head.bias is not None:
-        _, b_range = _source_tensor(ckpt, hs, head.bias)
-        value = _decode_scalars(_read_range(b_range), head.bias_dtype or "F32")[0]
+        value = float(read_tensor_values(*_source_header(ckpt, hs, head.bias)).reshape(-1)[0])
         if value != 0.0:
             if not allow_lossy:
                 raise InputError(
@@ -388,7 +376,7 @@ def convert_checkpoint(
             value_head.update({k: src_vh[k] for k in ("init_strategy", "initializer_range", "seed") if k in src_vh})
         sections: dict[str, Any] = {
             "source": _source_record(ckpt, det.convention, src_manifest),
-            "model_dtype": _model_dtype(ckpt, drop | src_head_names),
+            "model_dtype": ckpt.dominant_dtype(drop | src_head_names),
             "layout": layout,
             "value_head": value_head,
             "conversion": {
@@ -518,15 +506,6 @@ def _source_record(ckpt: Checkpoint, convention: str, manifest: dict[str, Any]) 
     if isinstance(origin, dict):
         record["origin"] = origin
     return record
-
-
-def _model_dtype(ckpt: Checkpoint, skip: set[str]) -> str:
-    """The dtype holding most parameters (the checkpoint's compute dtype)."""
-    counts: dict[str, int] = {}
-    for name, loc in ckpt.tensors.items():
-        if name not in skip:
-            counts[loc.info.dtype] = counts.get(loc.info.dtype, 0) + loc.info.numel
-    return max(counts, key=lambda k: counts[k]) if counts else "F32"
 
 
 __all__ = [

@@ -259,7 +259,7 @@ def init_checkpoint(
             role="policy",
             architecture=arch,
             source=source,
-            model_dtype=_model_dtype(ckpt, drop),
+            model_dtype=ckpt.dominant_dtype(drop),
             layout=layout,
             value_head={
                 "init_strategy": head.strategy,
@@ -284,15 +284,6 @@ def init_checkpoint(
         reinitialised=bool(drop),
         notes=notes,
     )
-
-
-def _model_dtype(ckpt: Checkpoint, drop: set[str]) -> str:
-    """The dtype holding most parameters (the checkpoint's compute dtype)."""
-    counts: dict[str, int] = {}
-    for name, loc in ckpt.tensors.items():
-        if name not in drop:
-            counts[loc.info.dtype] = counts.get(loc.info.dtype, 0) + loc.info.numel
-    return max(counts, key=lambda k: counts[k]) if counts else "F32"
 
 
 def _rewrite(

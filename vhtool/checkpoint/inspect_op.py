@@ -379,21 +379,12 @@ def _load(
     token: str | bool | None,
 ) -> _Loaded:
     """Resolves ``source`` (local path, ``builtin:``, Hub id) and reads its headers."""
-    from vhtool.builtin import BUILTIN_PREFIX
-    from vhtool.hub import looks_like_path
+    from vhtool.hub import locate
 
-    if source.startswith(BUILTIN_PREFIX):
-        from vhtool.hub import resolve_source
-
-        resolved = resolve_source(source)
-        return _load_local(resolved.path, SourceInfo(kind="builtin", location=source))
-    path = Path(source).expanduser()
-    if path.exists():  # an existing path is never sent to the Hub
-        if revision:
-            raise InputError(f"{source}: --revision applies to Hub ids, not to a local directory.")
-        return _load_local(path, SourceInfo(kind="local", location=str(path)))
-    if looks_like_path(source) or (os.sep in source and source.count(os.sep) > 1):
-        raise InputError(f"{source}: no such file or directory.")
+    kind, where = locate(source, revision=revision)
+    if kind != "hub":  # an existing path is never sent to the Hub
+        location = source if kind == "builtin" else str(where)
+        return _load_local(where, SourceInfo(kind=kind, location=location))
     return _load_hub(source, revision=revision, token=token)
 
 
@@ -574,13 +565,7 @@ def _adapter_report(
 def _load_hub(repo_id: str, *, revision: str | None, token: str | bool | None) -> _Loaded:
     """Reads a Hub repo's headers through HTTP range requests (``get_safetensors_metadata``), never its data."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise InputError(f"{repo_id!r} is neither an existing directory nor a valid Hub model id.") from None
     offline_hint = (
         f"cannot reach the Hub for {repo_id!r} (offline mode or no connection) and it is not in the local cache. "
         f"Unset HF_HUB_OFFLINE, or download it on a connected machine (`hf download {repo_id}`) and pass the "

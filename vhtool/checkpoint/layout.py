@@ -114,6 +114,14 @@ class Checkpoint:
         """The path of weight file ``name``, checked to stay inside the checkpoint (or be a recorded symlink)."""
         return safe_member(self.path, name, "the index", allow_link_out=name in symlinked_files(self.manifest))
 
+    def dominant_dtype(self, skip: set[str] | frozenset[str] = frozenset()) -> str:
+        """The dtype holding most parameters (the checkpoint's compute dtype), ignoring ``skip`` tensors."""
+        counts: dict[str, int] = {}
+        for name, loc in self.tensors.items():
+            if name not in skip:
+                counts[loc.info.dtype] = counts.get(loc.info.dtype, 0) + loc.info.numel
+        return max(counts, key=lambda k: counts[k]) if counts else "F32"
+
     @property
     def total_bytes(self) -> int:
         return sum(h.file_size for h in self.headers.values())

@@ -14,8 +14,9 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vhtool.errors import CheckpointError
+from vhtool.errors import CheckpointError, InputError
 
 #: The largest header we accept. The safetensors Rust reader uses the same 100 MB cap.
 MAX_HEADER_BYTES = 100_000_000
@@ -183,6 +184,32 @@ def _parse_entry(name: str, entry: object, *, path: Path) -> TensorInfo:
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
+def read_tensor_values(header: SafetensorsHeader, info: TensorInfo) -> Any:
+    """A float tensor's values as a float64 numpy array, read from its byte range only (F16, BF16, F32, F64).
+
+    For the few small tensors the file world looks at (value/score heads, a bias); numpy is imported
+    here so that header-only paths never pay for it.
+
+    Raises:
+        InputError: the dtype is not a float type.
+        CheckpointError: the file ends inside the tensor.
+    """
+    import numpy as np
+
+    if info.dtype not in FLOAT_DTYPES:
+        raise InputError(f"{info.name} has dtype {info.dtype}, not a float type.")
+    with open(header.path, "rb") as fh:
+        fh.seek(header.data_start + info.begin)
+        raw = fh.read(info.nbytes)
+    if len(raw) != info.nbytes:
+        raise CheckpointError(f"{header.path}: {info.name} is cut short (file truncated).")
+    if info.dtype == "BF16":
+        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(raw, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[info.dtype])
+    return values.astype(np.float64).reshape(info.shape)
+
+
 def build_header(
     tensors: Iterable[tuple[str, str, tuple[int, ...], int]], metadata: Mapping[str, str] | None = None
 ) -> tuple[bytes, dict[str, tuple[int, int]]]:
@@ -210,16 +237,3 @@ def build_header(
     body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     body += b" " * (-len(body) % 8)
     return struct.pack("<Q", len(body)) + body, offsets
-
-
-def header_with_appended(
-    header: SafetensorsHeader, extra: Iterable[tuple[str, str, tuple[int, ...], int]]
-) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """Header bytes for ``header``'s tensors at their original offsets plus ``extra`` tensors appended.
-
-    The original data region can then be copied verbatim, followed by the extra tensors' bytes.
-    """
-    ordered = sorted(header.tensors.values(), key=lambda t: t.begin)
-    items = [(t.name, t.dtype, t.shape, t.nbytes) for t in ordered]
-    items.extend(extra)
-    return build_header(items, header.metadata)

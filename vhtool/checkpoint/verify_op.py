@@ -28,15 +28,17 @@ from vhtool.checkpoint.layout import (
     symlinked_files,
 )
 from vhtool.checkpoint.manifest import FORMAT
-from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo, read_header
+from vhtool.checkpoint.safetensors_io import (
+    FLOAT_DTYPES,
+    read_header,
+    read_tensor_values,
+)
 from vhtool.errors import InputError, VhtoolError
 
 #: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-_NP_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 
 
 @dataclass(frozen=True)
@@ -269,26 +271,6 @@ def _check_files(root: Path, manifest: dict[str, Any], ckpt: Checkpoint | None, 
     return checks
 
 
-def read_tensor_values(header: SafetensorsHeader, info: TensorInfo) -> np.ndarray:
-    """A float tensor's values as float64, read from its byte range only (F16, BF16, F32, F64).
-
-    Raises:
-        InputError: the dtype is not a float type.
-    """
-    if info.dtype not in (*_NP_FLOATS, "BF16"):
-        raise InputError(f"{info.name} has dtype {info.dtype}, not a float type.")
-    with open(header.path, "rb") as fh:
-        fh.seek(header.data_start + info.begin)
-        raw = fh.read(info.nbytes)
-    if len(raw) != info.nbytes:
-        raise InputError(f"{header.path}: {info.name} is cut short (file truncated).")
-    if info.dtype == "BF16":
-        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-    else:
-        values = np.frombuffer(raw, dtype=_NP_FLOATS[info.dtype])
-    return values.astype(np.float64).reshape(info.shape)
-
-
 def _check_value_head(
     ckpt: Checkpoint | None, hidden: int | None, *, role: object, convention: object = None
 ) -> tuple[str]:
@@ -387,7 +369,7 @@ def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[s
     shape = scores[0].shape
     if hidden is not None and shape != (1, hidden):
         raise _SkipCheck(f"the adapter's score head has shape {list(shape)}, expected [1, {hidden}].")
-    if scores[0].dtype in (*_NP_FLOATS, "BF16"):
+    if scores[0].dtype in FLOAT_DTYPES:
         values = read_tensor_values(header, scores[0])
         if not bool(np.isfinite(values).all()):
             raise _SkipCheck("the adapter's score head holds NaN/inf values.")

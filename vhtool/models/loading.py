@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vhtool.builtin import BUILTIN_PREFIX
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -24,7 +23,7 @@ from vhtool.checkpoint.layout import (
 )
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.errors import CheckpointError, HubUnavailableError, InputError
-from vhtool.hub import looks_like_path
+from vhtool.hub import locate
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,11 @@ def resolve_pretrained(
     name: str, *, revision: str | None = None, token: Any = None, cache_dir: str | None = None
 ) -> Resolved:
     """Resolves a local directory, ``builtin:NAME`` or Hub id, validating local safetensors headers up front."""
-    if name.startswith(BUILTIN_PREFIX):
-        from vhtool.builtin import builtin_path
-
-        try:
-            name_path = str(builtin_path(name))
-        except KeyError as exc:
-            raise InputError(str(exc.args[0]) if exc.args else f"unknown built-in model {name!r}.") from None
-        return resolve_pretrained(name_path)
-    path = Path(name).expanduser()
-    if path.exists():
+    kind, where = locate(name, missing="no such directory")
+    if kind == "builtin":
+        return resolve_pretrained(str(where))
+    if kind == "local":
+        path = where
         if not path.is_dir():
             raise InputError(f"{path}: not a model directory.")
         for st in sorted(path.glob("*.safetensors")):
@@ -72,15 +66,6 @@ def resolve_pretrained(
         return Resolved(
             name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
         )
-    if looks_like_path(name):
-        raise InputError(f"{name}: no such directory.")
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils._validators import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError as exc:
-        raise InputError(f"{name!r} is neither an existing directory nor a valid Hub model id.") from exc
     adapter_file = _hub_file(name, "adapter_config.json", revision=revision, token=token, cache_dir=cache_dir)
     manifest_file = _hub_file(name, MANIFEST_FILE, revision=revision, token=token, cache_dir=cache_dir)
     manifest = json.loads(Path(manifest_file).read_text(encoding="utf-8")) if manifest_file else None

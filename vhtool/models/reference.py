@@ -22,10 +22,6 @@ class BlockContainer:
     num_blocks: int
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "pretrained_model", model)
-
-
 def find_block_container(model: nn.Module, pattern: str | None = None) -> BlockContainer:
     """Finds the block container of any architecture, or checks a user ``pattern`` against the model.
 

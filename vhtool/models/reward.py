@@ -23,7 +23,6 @@ What differs from TRL 1.12.0 (each has a test):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from vhtool.checkpoint.adapter_op import (
     check_fit,
     inspect_adapter,
 )
+from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import safe_member
 from vhtool.errors import CheckpointError, HubUnavailableError, InputError
 
@@ -551,14 +551,6 @@ def compute_reward_score(
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def wire_recorded_adapter(model: Any, resolved: Any) -> None:
     """Loads the reward adapter a checkpoint's ``vhtool.json`` records, so ``compute_reward_score`` works at once.
 
@@ -591,7 +583,7 @@ def wire_recorded_adapter(model: Any, resolved: Any) -> None:
                 continue  # only these two are downloaded
             f = adapter_member(path, str(fname), "a reward adapter file")
             want = meta.get("sha256") if isinstance(meta, dict) else None
-            if not f.is_file() or (want and _sha256(f) != want):
+            if not f.is_file() or (want and hash_file(f) != want):
                 raise CheckpointError(
                     f"{path / fname}: does not match the sha256 recorded in vhtool.json (corrupt or edited); "
                     "attach the adapter again."

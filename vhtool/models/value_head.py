@@ -332,17 +332,6 @@ class PreTrainedModelWrapper(nn.Module):
             self.v_head.to(target)
             self.is_sequential_parallel = True
 
-    def _lm_head_device(self) -> torch.device:
-        out = (
-            self.pretrained_model.get_output_embeddings()
-            if hasattr(self.pretrained_model, "get_output_embeddings")
-            else None
-        )
-        if out is not None and getattr(out, "weight", None) is not None:
-            return torch.device(out.weight.device)
-        device: torch.device = next(self.pretrained_model.parameters()).device
-        return device
-
     def _has_lm_head(self) -> bool:
         getter = getattr(self.pretrained_model, "get_output_embeddings", None)
         if getter is not None:
