@@ -461,12 +461,19 @@ def test_not_a_checkpoint_and_existing_output(
     taken = work / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", taken)
-    assert res.exit_code == 2 and "already exists; pass --force" in res.stderr
-    assert (taken / "keep.txt").read_text() == "mine"
-    res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", taken, "--force", "--quiet")
+    for extra in ([], ["--force"]):  # a directory with a user's file is never replaced, not even with --force
+        res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", taken, *extra)
+        assert res.exit_code == 2 and "keep.txt" in res.stderr and "--force" not in res.stderr
+        assert (taken / "keep.txt").read_text() == "mine" and sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
+
+    previous = work / "previous"
+    res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", previous, "--quiet")
+    assert res.exit_code == 0
+    res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", previous)
+    assert res.exit_code == 2 and "already exists" in res.stderr and "pass --force" in res.stderr
+    res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", previous, "--force", "--quiet")
     assert res.exit_code == 0 and res.stdout == ""
-    assert not (taken / "keep.txt").exists() and (taken / "model.safetensors").is_file()
+    assert (previous / "model.safetensors").is_file()
     assert res.stderr == ""  # --quiet silences the warnings
     # without --pad-token-id and none in the config: converted, with a warning about batches
     res = cli("convert", vhtool_ckpt("gpt2"), "--to", "seq-cls", "-o", work / "nopad")

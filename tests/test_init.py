@@ -224,7 +224,7 @@ def _no_hidden(d: Path) -> None:
         ("offline-hub-id", ["someone/some-model"], "cannot fetch"),
         ("unknown-init", ["{src}", "--v-head-init", "xavier"], "unknown value-head init"),
         ("negative-range", ["{src}", "--v-head-init", "normal", "--v-head-initializer-range", "-0.1"], "positive"),
-        ("parent-is-a-file", ["{src}", "-o", "{tmp}/afile/out"], "parent directory does not exist"),
+        ("parent-is-a-file", ["{src}", "-o", "{tmp}/afile/out"], "a parent of the output is a file"),
         ("bad-link", ["{src}", "--link", "teleport"], "unknown --link mode"),
     ],
 )

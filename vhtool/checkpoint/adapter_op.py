@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.conventions import find_heads
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hash_file
 from vhtool.checkpoint.init_op import place_weight_files
@@ -43,6 +43,7 @@ from vhtool.checkpoint.layout import (
 )
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
 from vhtool.checkpoint.safetensors_io import read_header
+from vhtool.checkpoint.target import check_output_target
 from vhtool.errors import CheckpointError, InputError
 
 DEFAULT_ADAPTER_NAME = "reward_model_adapter"
@@ -488,12 +489,9 @@ def attach_reward_adapter(
     if link not in LINK_MODES:
         raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
     _check_adapter_name(adapter_name)
-    out = Path(out)
-    check_output_target(out, force=force)
     policy = Path(policy)
+    out = check_output_target(out, force=force, inputs=[policy, adapter])
     ckpt = open_checkpoint(policy)
-    if out.resolve() == ckpt.path.resolve():
-        raise InputError(f"{out}: the output would overwrite the policy; choose another -o.")
     heads = [h for h in find_heads(ckpt) if h.convention in ("vhtool", "sidecar")]
     if not heads:
         raise InputError(
@@ -526,7 +524,7 @@ def attach_reward_adapter(
     progress = progress_factory(total) if progress_factory else None
     source = adapter_source or {"model": str(adapter), "kind": "local", "path": str(Path(adapter).resolve())}
 
-    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+    with atomic_output_dir(out, force=force, durable=durable, inputs=[policy, adapter]) as tmp:
         _copy_policy_aux(ckpt.path, tmp)
         records = place_weight_files(
             ckpt, tmp, files_to_place, link=link, want_hash=want_hash, progress=progress, fsync=durable

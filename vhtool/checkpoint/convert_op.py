@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.conventions import CONVENTIONS, VHEAD_BIAS, VHEAD_WEIGHT, Detected, detect_convention
 from vhtool.checkpoint.copyio import FileRecord, Progress, place_file
 from vhtool.checkpoint.init_op import HEAD_SHARD, copy_aux_files
@@ -42,6 +42,7 @@ from vhtool.checkpoint.safetensors_io import (
     TensorInfo,
     read_tensor_values,
 )
+from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
 from vhtool.errors import CheckpointError, InputError
 
@@ -244,11 +245,8 @@ def convert_checkpoint(
         raise InputError(f"--head-name applies to --to {' or '.join(CLASSIFIER_TARGETS)}, not --to {to}.")
     if pad_token_id is not None and pad_token_id < 0:
         raise InputError(f"--pad-token-id must be >= 0, got {pad_token_id}.")
-    out = Path(out)
-    check_output_target(out, force=force)
+    out = check_output_target(out, force=force, inputs=[src])
     ckpt = open_checkpoint(src)
-    if out.resolve() == ckpt.path.resolve():
-        raise InputError(f"{out}: the output would overwrite the source; choose another -o.")
     det = detect_convention(ckpt)
     head = det.head
     if ckpt.is_encoder_decoder and to in CLASSIFIER_TARGETS:
@@ -341,7 +339,7 @@ def convert_checkpoint(
     total = sum(h.file_size for h in ckpt.headers.values()) + (hs.hdr.file_size if not hs.inline else 0)
     progress = progress_factory(total) if progress_factory else None
 
-    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+    with atomic_output_dir(out, force=force, durable=durable, inputs=[src]) as tmp:
         copy_aux_files(ckpt.path, tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         records, weight_map, head_file = _write_weights(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
 from vhtool.checkpoint.layout import (
@@ -30,6 +30,7 @@ from vhtool.checkpoint.layout import (
     safe_member,
 )
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
 from vhtool.errors import InputError
 
@@ -204,11 +205,8 @@ def init_checkpoint(
     started = time.perf_counter()
     if link not in LINK_MODES:
         raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
-    out = Path(out)
-    check_output_target(out, force=force)
+    out = check_output_target(out, force=force, inputs=[src])
     ckpt = open_checkpoint(src)
-    if out.resolve() == ckpt.path.resolve():
-        raise InputError(f"{out}: the output would overwrite the source; choose another -o.")
     arch = architecture_of(ckpt.config, ckpt.path)
     hidden = hidden_size(ckpt.config)
     notes: list[str] = []
@@ -231,7 +229,7 @@ def init_checkpoint(
     total = sum(ckpt.path.joinpath(f).stat().st_size for f in ckpt.weight_files)
     progress = progress_factory(total) if progress_factory else None
 
-    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+    with atomic_output_dir(out, force=force, durable=durable, inputs=[src]) as tmp:
         copy_aux_files(ckpt.path, tmp)
         if not ckpt.sharded and link in ("auto", "copy"):
             layout = "single-file"

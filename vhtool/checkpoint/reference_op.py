@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhtool.checkpoint.atomic import atomic_output_dir, check_output_target
+from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.blocks import find_blocks, shared_tensor_names
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress
 from vhtool.checkpoint.init_op import copy_aux_files, place_weight_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint, safe_member
 from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.target import check_output_target
 from vhtool.errors import InputError
 
 
@@ -83,14 +84,11 @@ def make_reference(
     started = time.perf_counter()
     if link not in LINK_MODES:
         raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
-    out = Path(out)
-    check_output_target(out, force=force)
+    out = check_output_target(out, force=force, inputs=[policy])
     ckpt = open_checkpoint(policy)
     manifest = ckpt.manifest or {}
     if manifest.get("role") == "reference":
         raise InputError(f"{policy}: is a reference checkpoint (vhtool.json role 'reference'); pass the policy.")
-    if out.absolute() == ckpt.path.absolute():
-        raise InputError(f"{out}: the output would overwrite the policy; choose another -o.")
     names = [n for n in ckpt.tensors if not n.startswith("v_head.")]
     blocks = find_blocks(names, pattern)
     shared = shared_tensor_names(names, blocks, shared_layers) if shared_layers is not None else []
@@ -101,7 +99,7 @@ def make_reference(
     total = sum((ckpt.path / f).stat().st_size for f in ckpt.weight_files)
     progress = progress_factory(total) if progress_factory else None
 
-    with atomic_output_dir(out, force=force, durable=durable) as tmp:
+    with atomic_output_dir(out, force=force, durable=durable, inputs=[policy]) as tmp:
         copy_aux_files(ckpt.path, tmp)
         extra = [SIDECAR_FILE] if ckpt.sidecar is not None else []
         records = place_weight_files(

@@ -34,12 +34,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from vhtool.checkpoint.atomic import AtomicFile
 from vhtool.errors import InputError, OperationError, VhtoolError
 from vhtool.models.scoring import (
     BadRecordError,
     InputItem,
     InputSpec,
-    OutputFile,
     ScoredRecord,
     ScoreOptions,
     Scorer,
@@ -363,7 +363,7 @@ class _RankRun:
         self.output = output
         self.force = force
         self.scorer: Scorer | None = None
-        self.out_file: OutputFile | None = None
+        self.out_file: AtomicFile | None = None
         self.fmt = "text"
         self.items: Iterator[InputItem] = iter(())
 
@@ -383,10 +383,10 @@ class _RankRun:
         """Cheap checks first, so that no rank loads a model for a run that cannot start."""
         writer = self.env.rank == 0 and self.output is not None
         if writer and self.output is not None:
-            check_output(self.output, force=self.force, inputs=self.inputs)
+            self.output = check_output(self.output, force=self.force, inputs=self.inputs, checkpoint=self.checkpoint)
         self.fmt, self.items = read_inputs(self.inputs, self.options.input_format)
         if writer and self.output is not None:
-            self.out_file = OutputFile(self.output)  # rank 0 writes; discarded unless the whole job succeeds
+            self.out_file = AtomicFile(self.output)  # rank 0 writes; discarded unless the whole job succeeds
         return "ok", None
 
     def _load(self) -> tuple[str, Any]:

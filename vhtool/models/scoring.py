@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from vhtool.errors import InputError, OperationError, OutputExistsError, VhtoolError
+from vhtool.checkpoint.atomic import AtomicFile
+from vhtool.errors import InputError, VhtoolError
 
 HEADS = ("reward", "value")
 JOIN_MODES = ("chat", "concat")
@@ -954,56 +955,20 @@ def _bad_record(label: str, p: _Prepared) -> BadRecordError:
     return BadRecordError(f"{label}: line {p.item.line}: {p.error}.", index=p.item.index, line=p.item.line)
 
 
-def check_output(output: Path, *, force: bool, inputs: InputSpec) -> None:
-    """Refuses an output path that exists (without ``force``), is a directory, or is the input file.
+def check_output(
+    output: Path, *, force: bool, inputs: InputSpec, checkpoint: str | os.PathLike[str] | None = None
+) -> Path:
+    """Refuses an output file that may not be written (see :mod:`vhtool.checkpoint.target`); returns it normalised.
 
     Raises:
-        OutputExistsError: ``output`` exists and ``force`` is false.
-        InputError: ``output`` is a directory, its directory is missing, or it is the input file.
+        OutputExistsError: ``output`` is a previous score output and ``force`` is false.
+        InputError: ``output`` is a directory, a file that is not a score output, the input file, inside
+            the checkpoint, or its directory is missing.
     """
-    if output.exists() and not force:
-        raise OutputExistsError(f"{output} exists; pass --force to replace it.")
-    if output.is_dir():
-        raise InputError(f"{output}: is a directory; -o takes a file name.")
-    if not output.parent.exists():
-        raise InputError(f"{output.parent}: no such directory for the output.")
-    if inputs.path is not None and inputs.path.exists() and output.resolve() == inputs.path.resolve():
-        raise InputError(f"{output}: is the input file; choose another output.")
+    from vhtool.checkpoint.target import check_output_target
 
-
-class OutputFile:
-    """A JSONL output built in a temporary sibling (``.NAME.vhtool-tmp-PID``) and renamed into place at the end."""
-
-    def __init__(self, output: Path) -> None:
-        self.output = output
-        self.tmp: Path | None = output.parent / f".{output.name}.vhtool-tmp-{os.getpid()}"
-        self.sink: TextIO | None = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by commit/discard
-
-    def commit(self) -> None:
-        """Flushes, syncs and renames the temporary file to the output.
-
-        Raises:
-            OperationError: the rename failed.
-        """
-        assert self.sink is not None and self.tmp is not None
-        self.sink.flush()
-        os.fsync(self.sink.fileno())
-        self.sink.close()
-        self.sink = None
-        try:
-            os.replace(self.tmp, self.output)
-        except OSError as exc:
-            raise OperationError(f"{self.output}: could not write the output ({exc.strerror}).") from None
-        self.tmp = None
-
-    def discard(self) -> None:
-        """Closes and removes the temporary file (a no-op after :meth:`commit`)."""
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
-        if self.tmp is not None and self.tmp.exists():
-            self.tmp.unlink()
-        self.tmp = None
+    local_ckpt = checkpoint if checkpoint is not None and Path(checkpoint).exists() else None
+    return check_output_target(output, force=force, inputs=[inputs.path, local_ckpt], kind="file")
 
 
 def score_dataset(
@@ -1048,7 +1013,7 @@ def score_dataset(
         OperationError: writing the output failed.
     """
     if output is not None:
-        check_output(output, force=force, inputs=inputs)
+        output = check_output(output, force=force, inputs=inputs, checkpoint=checkpoint)
     fmt, items = read_inputs(inputs, options.input_format)
     if scorer is None:
         scorer = Scorer(checkpoint, options=options)
@@ -1056,7 +1021,7 @@ def score_dataset(
         _validate_all(scorer, inputs, options)
         fmt, items = read_inputs(inputs, options.input_format)
 
-    out_file = OutputFile(output) if output is not None else None
+    out_file = AtomicFile(output) if output is not None else None
     try:
         tally = _Tally()
         for window in _windows(items, options.window):
@@ -1222,7 +1187,6 @@ __all__ = [
     "ScoredRecord",
     "Scorer",
     "SkippedRecord",
-    "OutputFile",
     "check_output",
     "parse_max_memory",
     "plan_batches",
