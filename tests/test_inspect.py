@@ -16,6 +16,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from tests.helpers import json_error
 from tests.hub_fixtures import hub_server  # noqa: F401
 from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
 from vhtool.checkpoint.safetensors_io import build_header, read_header
@@ -575,7 +576,7 @@ def test_bad_input_exit_2(cli: Callable[..., Any], ckpts: Any, tmp_path: Path, c
         extra = ["--revision", "main"]
     result = cli("inspect-layers", target, *extra, "--json")
     assert result.exit_code == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""  # nothing half-written on stdout
+    assert message in json_error(result.stdout, 2)["message"]  # one JSON object: the error, nothing half-written
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import json_error
+
 try:
     from tests.hub_fixtures import HubServer, hub_server  # noqa: F401 - fixture
 except ImportError:  # pragma: no cover - ``tests/`` on sys.path instead of being a package
@@ -420,7 +422,7 @@ def test_hub_errors_on_commit_exit_1_and_nothing_pushed(
     hub_server.fail_next(status, "/commit/", method="POST")
     res = _push(cli, ckpts["policy"], REPO, "--json")
     assert res.exit_code == 1
-    assert res.stdout == ""  # nothing reported as pushed
+    assert "nothing was committed" in json_error(res.stdout, 1)["message"]  # nothing reported as pushed
     assert expected in res.stderr and "nothing was committed" in res.stderr and "Traceback" not in res.stderr
     assert len(hub_server.commits(REPO)) == 1  # only the initial commit
     assert hub_server.token not in res.stderr

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import json_error, make_reward_adapter
 from tests.test_verify import TINY_CONFIG, make_tiny_source, write_header_doc, write_safetensors_raw
 from vhtool.checkpoint.atomic import lock_sibling, tmp_sibling
 from vhtool.checkpoint.safetensors_io import read_header
@@ -114,31 +115,6 @@ WRITE_CASES = [
     WriteCase("make-reference", _reference_argv),
     WriteCase("attach-reward-adapter", _attach_argv),
 ]
-
-
-def make_reward_adapter(directory: Path, preset: dict[str, int]) -> Path:
-    """A real PEFT LoRA adapter of a 1-label Llama sequence classifier with ``preset``'s widths (small vocab)."""
-    import torch
-    import transformers as tf
-    from peft import LoraConfig, get_peft_model
-
-    cfg = tf.LlamaConfig(
-        hidden_size=preset["hidden"],
-        intermediate_size=preset["intermediate"],
-        num_hidden_layers=preset["layers"],
-        num_attention_heads=preset["heads"],
-        num_key_value_heads=preset["kv_heads"],
-        vocab_size=64,
-        num_labels=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = get_peft_model(
-        tf.LlamaForSequenceClassification(cfg),
-        LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj", "v_proj"]),
-    )
-    model.save_pretrained(directory)
-    return directory
 
 
 @dataclass
@@ -484,7 +460,8 @@ def test_hostile_source_inspect_layers_exit_2(
     before = _tree(tmp_path)
     res = cli("inspect-layers", tmp_path / "src", "--json")
     assert res.exit_code == 2, res.output
-    assert res.stdout == "" and res.stderr.startswith("Error: ") and message in res.stderr
+    assert message in json_error(res.stdout, 2)["message"]
+    assert res.stderr.startswith("Error: ") and message in res.stderr
     assert _tree(tmp_path) == before
 
 

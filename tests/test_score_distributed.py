@@ -24,6 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import json_error
 from vhtool.cli.app import app
 from vhtool.errors import InputError, OperationError
 from vhtool.models.distributed import (
@@ -197,7 +198,7 @@ def test_torchrun_bad_record_in_rank_1_share_fails_cleanly(jobs: dict[str, Job])
     errors = [line for line in job.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, job.stderr  # rank 0 speaks for the job; rank 1 is silent
     assert errors[0].startswith(f"Error: rank 1 of 2: {job.src}: line 4: invalid JSON"), errors
-    assert job.stdout == ""
+    assert json_error(job.stdout, 2)["message"].startswith("rank 1 of 2: ")  # --json: one object, from rank 0
     assert job.out is not None and not job.out.exists() and leftovers(job.src.parent, {"in.jsonl"}) == []
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import json_error
 from vhtool.checkpoint.safetensors_io import build_header, read_header
 from vhtool.checkpoint.verify_op import VerifyResult, verify_checkpoint
 from vhtool.errors import InputError
@@ -177,7 +178,8 @@ def test_not_a_checkpoint_exit_2(cli: Callable[..., Any], tmp_path: Path) -> Non
     assert res.exit_code == 2 and "not a checkpoint directory" in res.stderr
     (tmp_path / "empty").mkdir()
     res = cli("verify", tmp_path / "empty", "--json")
-    assert res.exit_code == 2 and "no config.json" in res.stderr and res.stdout == ""
+    assert res.exit_code == 2 and "no config.json" in res.stderr
+    assert "no config.json" in json_error(res.stdout, 2)["message"]
     with pytest.raises(InputError):
         verify_checkpoint(tmp_path / "empty")
 

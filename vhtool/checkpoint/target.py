@@ -214,7 +214,7 @@ def _check_existing_dir(path: Path, shown: str, *, force: bool) -> None:
             f"directories of checkpoint files. {_REMOVE_YOURSELF_CAP}."
         )
     if not force:
-        raise OutputExistsError(f"{shown} already exists (a checkpoint directory); pass --force to replace it.")
+        raise OutputExistsError(f"{shown} already exists; pass --force to replace it (it holds only checkpoint files).")
 
 
 def _check_existing_file(path: Path, shown: str, *, force: bool) -> None:
@@ -225,7 +225,7 @@ def _check_existing_file(path: Path, shown: str, *, force: bool) -> None:
     if not looks_like_score_output(path):
         raise InputError(f"{shown}: exists and is not a vhtool score output; {_REMOVE_YOURSELF}.")
     if not force:
-        raise OutputExistsError(f"{shown} already exists (a score output); pass --force to replace it.")
+        raise OutputExistsError(f"{shown} exists; pass --force to replace it (it is a previous score output).")
 
 
 def looks_like_score_output(path: Path) -> bool:

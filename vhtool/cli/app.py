@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -17,7 +18,7 @@ from vhtool.cli import (
     score_cmd,
     verify_cmd,
 )
-from vhtool.cli.common import set_debug
+from vhtool.cli.common import error_doc, set_debug, write_json
 
 app = typer.Typer(
     name="vhtool",
@@ -56,5 +57,23 @@ app.command("push")(push_cmd.push_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: runs the app; with ``--json``, a usage error is a JSON object on stdout too."""
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("Aborted.\n")
+        sys.exit(1)
+    except Exception as exc:  # the parser's usage errors (typer vendors click; we never import it)
+        show = getattr(exc, "show", None)
+        exit_code = getattr(exc, "exit_code", None)
+        if not callable(show) or not isinstance(exit_code, int):
+            raise
+        fmt = getattr(exc, "format_message", None)
+        message = fmt() if callable(fmt) else str(exc)
+        write_json(error_doc(message, code=exit_code, kind="UsageError"))
+        show()
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

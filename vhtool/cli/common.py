@@ -78,9 +78,9 @@ class Out:
         return not (self.json_mode or self.quiet) and sys.stderr.isatty()
 
     def data(self, doc: dict[str, Any]) -> None:
-        """The one JSON object of ``--json`` mode."""
-        sys.stdout.write(json.dumps(doc, sort_keys=False, default=str) + "\n")
-        sys.stdout.flush()
+        """The one JSON object of ``--json`` mode, printed when the command ends (a failure adds its ``error``)."""
+        global _json_pending
+        _json_pending = doc
 
     def info(self, message: str) -> None:
         if not (self.quiet or self.json_mode):
@@ -130,11 +130,39 @@ class Out:
             yield factory
 
 
+#: The ``--json`` document of the running command, printed when it ends (with its error, if it fails).
+_json_pending: dict[str, Any] | None = None
+
+
+def write_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error_doc(message: str, *, code: int, kind: str, problems: list[str] | None = None) -> dict[str, Any]:
+    """The ``error`` object of a failed ``--json`` run (schema in docs/json-output.md)."""
+    err: dict[str, Any] = {"type": kind, "message": one_line(message)}
+    if problems:
+        err["problems"] = problems
+    return {"error": err, "exit_code": code}
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split("\n")[0:1]).strip() or "unknown error"
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Prints a one-line error to stderr and returns the Exit to raise."""
-    first = " ".join(str(message).split("\n")[0:1]).strip() or "unknown error"
-    sys.stderr.write(f"Error: {first}\n")
+    sys.stderr.write(f"Error: {one_line(message)}\n")
     return typer.Exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError in words, with the path it concerns: ``/x/y: permission denied``."""
+    reason = (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where is not None else reason
 
 
 def handle_errors(fn: F) -> F:
@@ -142,20 +170,50 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _json_pending
+        json_mode = bool(kwargs.get("json_out"))
+        _json_pending = None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except typer.Exit:
+            _flush_json(json_mode)
             raise
-        except VhtoolError as exc:
-            if debug_enabled():
-                traceback.print_exc()
-            raise fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; nothing was written.", 130) from None
-        except Exception as exc:  # an unexpected failure: one line, traceback only on request
-            if debug_enabled():
-                traceback.print_exc()
-            hint = "" if debug_enabled() else " (run with VHTOOL_DEBUG=1 for a traceback)"
-            raise fail(f"{type(exc).__name__}: {exc}{hint}", 1) from None
+        except BaseException as exc:
+            message, code, kind, problems = _describe_failure(exc)
+            if json_mode:
+                doc = dict(_json_pending or {})
+                doc.update(error_doc(message, code=code, kind=kind, problems=problems))
+                _json_pending = None
+                write_json(doc)
+            raise fail(message, code) from None
+        _flush_json(json_mode)
+        return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _flush_json(json_mode: bool) -> None:
+    global _json_pending
+    if json_mode and _json_pending is not None:
+        write_json(_json_pending)
+    _json_pending = None
+
+
+def _describe_failure(exc: BaseException) -> tuple[str, int, str, list[str] | None]:
+    """(message, exit code, type name, problems) of a failure; re-raises what is not a failure (SystemExit)."""
+    if isinstance(exc, VhtoolError):
+        if debug_enabled():
+            traceback.print_exception(exc)
+        return str(exc), exc.exit_code, type(exc).__name__, getattr(exc, "problems", None) or None
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; nothing was written.", 130, "Interrupted", None
+    if isinstance(exc, OSError):  # an OS failure the core did not word itself: the path and the reason
+        if debug_enabled():
+            traceback.print_exception(exc)
+        return os_error_message(exc), 1, "OSError", None
+    if isinstance(exc, Exception):  # an unexpected failure: one line, traceback only on request
+        if debug_enabled():
+            traceback.print_exception(exc)
+        hint = "" if debug_enabled() else " (run with VHTOOL_DEBUG=1 for a traceback)"
+        return f"{type(exc).__name__}: {exc}{hint}", 1, type(exc).__name__, None
+    raise exc

@@ -1014,15 +1014,15 @@ def score_dataset(
     """
     if output is not None:
         output = check_output(output, force=force, inputs=inputs, checkpoint=checkpoint)
-    fmt, items = read_inputs(inputs, options.input_format)
-    if scorer is None:
-        scorer = Scorer(checkpoint, options=options)
-    if validate_first and options.on_error == "fail" and inputs.rereadable:
-        _validate_all(scorer, inputs, options)
-        fmt, items = read_inputs(inputs, options.input_format)
-
+    # Taken before the model loads: an output that cannot be created fails in a second, not after the load.
     out_file = AtomicFile(output) if output is not None else None
     try:
+        fmt, items = read_inputs(inputs, options.input_format)
+        if scorer is None:
+            scorer = Scorer(checkpoint, options=options)
+        if validate_first and options.on_error == "fail" and inputs.rereadable:
+            _validate_all(scorer, inputs, options)
+            fmt, items = read_inputs(inputs, options.input_format)
         tally = _Tally()
         for window in _windows(items, options.window):
             prepared, good, lengths, plan = _plan_window(scorer, window, options, inputs.label())
