@@ -9,6 +9,9 @@ Runs, with real child processes and the same harness as ``tests/test_reliability
 * a file-size limit (RLIMIT_FSIZE) mid-write, and a full disk (a 32 MB tmpfs in a user namespace, when
   ``unshare -rm`` is allowed here);
 * every hostile source of the test suite against ``init`` (exit 2) and ``verify`` (exit 1);
+* destructive ``-o``/``--force`` attempts: every writing command with OUT spelled as the current directory,
+  an ancestor, the home directory, the input (relative, absolute, through a symlink), a folder inside the
+  input, a user's git project and a plain file; each must exit 2 and leave every byte in place;
 * the hypothesis fuzz strategies with ``VHTOOL_FUZZ_SCALE`` times the test suite's examples.
 
 Usage: ``python scripts/reliability_report.py [--kills-per-campaign 5] [--fuzz-scale 10] [--races 6]``.
@@ -72,6 +75,8 @@ def main() -> int:
         "full_disk": "not run",
         "hostile_tried": 0,
         "hostile_failures": [],
+        "destructive_tried": 0,
+        "destructive_failures": [],
     }
     t0 = time.perf_counter()
 
@@ -152,6 +157,11 @@ def main() -> int:
                 figures["hostile_failures"].append(f"verify {name}: exit {res.returncode}")
     print(f"hostile inputs done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
+    # ---------------------------------------------------------------- destructive -o / --force
+    tried, failed = _destructive(rel, work / "destructive")
+    figures["destructive_tried"], figures["destructive_failures"] = tried, failed
+    print(f"destructive --force attempts done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
     # ---------------------------------------------------------------- fuzz
     figures["fuzz"] = _fuzz(work / "fuzz")
     print(f"fuzz done ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -161,6 +171,7 @@ def main() -> int:
         + len(figures["race_failures"])
         + len(figures["write_failure_failures"])
         + len(figures["hostile_failures"])
+        + len(figures["destructive_failures"])
         + figures["fuzz"]["failures"]
     )
     figures["data_lost_or_contract_broken"] = lost
@@ -234,6 +245,59 @@ def _full_disk(model: Path) -> str:
     ) + f": {rc}, left in the full filesystem: {listing or 'nothing'}; {err.strip()}"
 
 
+def _destructive(rel: Any, d: Path) -> tuple[int, list[str]]:
+    """Every writing command, OUT spelled as something that must never be replaced, with and without --force."""
+    from tests.helpers import TINY_LLAMA_PRESET, make_reward_adapter, tree_bytes
+
+    d.mkdir(parents=True)
+    policy = d / "policy"
+    model = "builtin:tiny-llama"
+    subprocess.run(rel.vhtool_argv("init", model, "-o", policy, "--no-fsync", "-q"), check=True)
+    adapter = make_reward_adapter(d / "adapter", TINY_LLAMA_PRESET)
+    proj = d / "proj"
+    proj.mkdir()
+    subprocess.run(["git", "init", "-q", str(proj)], check=True)
+    (proj / "train.py").write_text("print(1)\n")
+    (proj / "data.csv").write_text("a,b\n")
+    (d / "policy-link").symlink_to(policy)
+    commands = {
+        "init": ["init", model],
+        "make-reference": ["make-reference", str(policy)],
+        "attach-reward-adapter": ["attach-reward-adapter", str(policy), str(adapter)],
+        "convert": ["convert", str(policy), "--to", "sidecar"],
+    }
+    # (cwd, OUT, commands it applies to): the project, its ancestors, home and user files for every command;
+    # the policy however spelled for the commands that read it; the adapter for attach-reward-adapter.
+    every = set(commands)
+    readers = {"make-reference", "attach-reward-adapter", "convert"}
+    targets = [
+        *((proj, out, every) for out in (".", "", "./", str(proj), "../proj", "./../proj", "..", "/", "data.csv")),
+        (proj, os.path.expanduser("~"), every),
+        (d, "proj", every),
+        *((d, out, readers) for out in ("policy", "./policy/", "policy-link", "policy/sub", str(policy))),
+        *((policy, out, readers) for out in ("../policy", ".", "../policy-link")),
+        (d, str(adapter), {"attach-reward-adapter"}),
+        (d, str(adapter / "inside"), {"attach-reward-adapter"}),
+    ]
+    watched = [proj, policy, adapter]
+    before = {str(p): tree_bytes(p) for p in watched}
+    tried, failures = 0, []
+    for name, argv in commands.items():
+        for cwd, out, applies in targets:
+            if name not in applies:
+                continue
+            for force in ([], ["--force"]):
+                tried += 1
+                res = subprocess.run(
+                    rel.vhtool_argv(*argv, "-o", out, *force), cwd=cwd, capture_output=True, text=True
+                )
+                if res.returncode != 2 or "--force" in res.stderr or res.stderr.count("\n") != 1:
+                    failures.append(f"{name} -o {out!r} {force} in {cwd}: exit {res.returncode} {res.stderr.strip()}")
+    after = {str(p): tree_bytes(p) for p in watched}
+    failures += [f"{p} changed" for p in before if before[p] != after[p]]
+    return tried, failures
+
+
 def _fuzz(d: Path) -> dict[str, Any]:
     from tests import test_fuzz as fz
     from tests.test_verify import make_tiny_source
@@ -276,6 +340,10 @@ def _markdown(f: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"| file-size limit mid-write | {f['write_failures_tried']} | failures {len(f['write_failure_failures'])} |")
     print(f"| full disk (32 MB tmpfs) | 1 | {f['full_disk'].split(':')[0]} |")
     print(f"| hostile sources (init + verify) | {f['hostile_tried']} | failures {len(f['hostile_failures'])} |")
+    print(
+        f"| destructive -o / --force (cwd, ancestors, home, inputs, user folders) | {f['destructive_tried']} | "
+        f"failures {len(f['destructive_failures'])} |"
+    )
     print(
         f"| fuzz (verify + inspect-layers) | {fz['examples']} examples, {fz['runs']} runs | exit 0/1/2: "
         f"{fz['exit0']}/{fz['exit1']}/{fz['exit2']}; failures {fz['failures']} |"
