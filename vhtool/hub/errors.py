@@ -32,7 +32,7 @@ def unavailable(repo_id: str, why: str, *, what: str = "the model") -> HubUnavai
     )
 
 
-def transport_errors() -> tuple[type[BaseException], ...]:
+def transport_errors() -> tuple[type[Exception], ...]:
     """The exception classes huggingface_hub lets through when the endpoint cannot be reached."""
     # huggingface_hub re-exports its HTTP client module as `huggingface_hub.utils.httpx` (in its __all__).
     from huggingface_hub.utils import httpx  # type: ignore[attr-defined]
