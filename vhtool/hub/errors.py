@@ -53,19 +53,28 @@ def _server_detail(exc: BaseException) -> str:
 
 @contextmanager
 def quiet_hub() -> Iterator[None]:
-    """Silences huggingface_hub's own retry/warning log lines and progress bars for the calls inside."""
+    """Silences huggingface_hub's own log lines ("Retrying in 8s", warnings) for the calls inside."""
     from huggingface_hub.utils import logging as hf_logging
-    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     logger = hf_logging.get_logger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Switches huggingface_hub's tqdm bars off for the calls inside (header reads draw one per sharded repo)."""
+    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()
     try:
         yield
     finally:
-        logger.setLevel(level)
         if not bars_were_off:
             enable_progress_bars()
 
@@ -182,4 +191,12 @@ def _http_error(exc: BaseException, repo_id: str, action: str, pushed_note: str 
     return OperationError(msg + ".")
 
 
-__all__ = ["TOKEN_HELP", "hub_errors", "offline_hint", "quiet_hub", "transport_errors", "unavailable"]
+__all__ = [
+    "TOKEN_HELP",
+    "hub_errors",
+    "no_progress_bars",
+    "offline_hint",
+    "quiet_hub",
+    "transport_errors",
+    "unavailable",
+]

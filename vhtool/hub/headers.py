@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.hub.download import offline_mode
-from vhtool.hub.errors import hub_errors, transport_errors
+from vhtool.hub.errors import hub_errors, no_progress_bars, transport_errors
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RemoteRepo:
         """
         from huggingface_hub import hf_hub_download
 
-        with hub_errors(self.repo_id, action="download", revision=self.revision):
+        with no_progress_bars(), hub_errors(self.repo_id, action="download", revision=self.revision):
             return Path(hf_hub_download(self.repo_id, filename, revision=self._rev, token=self.token))
 
     def file_header(self, filename: str) -> RemoteHeader:
@@ -82,7 +82,7 @@ class RemoteRepo:
         """
         from huggingface_hub import HfApi
 
-        with hub_errors(self.repo_id, action="read the headers of", revision=self.revision):
+        with no_progress_bars(), hub_errors(self.repo_id, action="read the headers of", revision=self.revision):
             meta = HfApi(token=self.token).parse_safetensors_file_metadata(
                 self.repo_id, filename, revision=self._rev, token=self.token
             )
@@ -98,7 +98,7 @@ class RemoteRepo:
         """
         from huggingface_hub import HfApi
 
-        with hub_errors(self.repo_id, action="read the headers of", revision=self.revision):
+        with no_progress_bars(), hub_errors(self.repo_id, action="read the headers of", revision=self.revision):
             meta = HfApi(token=self.token).get_safetensors_metadata(self.repo_id, revision=self._rev, token=self.token)
         return RemoteWeights(
             sharded=bool(meta.sharded),
