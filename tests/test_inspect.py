@@ -450,7 +450,7 @@ def test_hash_without_diff_is_usage_error(cli: Callable[..., Any], ckpts: Any) -
 
 def test_importing_the_cli_does_not_load_torch() -> None:
     code = (
-        "import sys, vhtool.cli.app, vhtool.checkpoint.inspect_op, vhtool.cli.inspect_cmd; "
+        "import sys, vhtool.cli.app, vhtool.checkpoint.inspect, vhtool.cli.inspect_cmd; "
         "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'huggingface_hub') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

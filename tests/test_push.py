@@ -507,7 +507,7 @@ def test_wrapper_push_to_hub_includes_value_head(hub_server: HubServer, ckpts: d
 
 
 def test_model_card_metadata_from_vhtool_json() -> None:
-    from vhtool.publish import render_model_card
+    from vhtool.checkpoint.model_card import render_model_card
 
     hub = {
         "role": "policy",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +24,7 @@ from vhtool.cli.common import (
 @handle_errors
 def attach_command(
     policy: Annotated[
-        Path, typer.Argument(help="The policy checkpoint (a value-head checkpoint, e.g. `vhtool init` output).")
+        str, typer.Argument(help="The policy checkpoint (e.g. `vhtool init` output): directory, Hub id or builtin:*.")
     ],
     adapter: Annotated[str, typer.Argument(help="A PEFT reward adapter: local directory or Hub id.")],
     adapter_name: Annotated[
@@ -55,22 +54,16 @@ def attach_command(
     can call `compute_reward_score` at once. Default OUT: <POLICY>-with-reward.
     """
     from vhtool.checkpoint.adapter_op import attach_reward_adapter, default_output_name
-    from vhtool.errors import HubUnavailableError
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    target = output if output is not None else default_output_name(policy)
-    try:
-        source = resolve_source(adapter, revision=revision, allow_pickle=allow_pickle)
-    except HubUnavailableError as exc:
-        raise HubUnavailableError(
-            f"cannot fetch the adapter {adapter!r} from the Hub (offline, unreachable, or no such repo). On a "
-            f"connected machine run `hf download {adapter} --local-dir DIR` and pass DIR as ADAPTER."
-        ) from exc
+    policy_source = resolve_source(policy)
+    target = output if output is not None else default_output_name(policy_source.name_path)
+    source = resolve_source(adapter, revision=revision, allow_pickle=allow_pickle, what="the adapter")
     with ExitStack() as stack:
         factory = stack.enter_context(out.progress("copying policy weights"))
         result = attach_reward_adapter(
-            policy,
+            policy_source.path,
             source.path,
             target,
             adapter_name=adapter_name,

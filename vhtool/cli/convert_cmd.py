@@ -13,7 +13,9 @@ from vhtool.cli.common import ForceOpt, JsonOpt, NoFsyncOpt, Out, OutOpt, QuietO
 
 @handle_errors
 def convert_command(
-    src: Annotated[Path, typer.Argument(help="A local checkpoint directory (vhtool, sidecar, seq-cls or token-cls).")],
+    src: Annotated[
+        str, typer.Argument(help="A checkpoint (vhtool, sidecar, seq-cls or token-cls): directory, Hub id, builtin:*.")
+    ],
     to: Annotated[
         str,
         typer.Option(
@@ -59,13 +61,15 @@ def convert_command(
     is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>.
     """
     from vhtool.checkpoint.convert_op import convert_checkpoint, default_output_name
+    from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    target = output if output is not None else Path(default_output_name(src, to))
+    source = resolve_source(src)
+    target = output if output is not None else Path(default_output_name(source.name_path, to))
     with ExitStack() as stack:
         factory = stack.enter_context(out.progress("converting"))
         result = convert_checkpoint(
-            src,
+            source.path,
             target,
             to=to,
             head_name=head_name,

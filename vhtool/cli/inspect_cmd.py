@@ -10,7 +10,7 @@ from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, handle_errors
 from vhtool.errors import InputError, VerificationError
 
 if TYPE_CHECKING:
-    from vhtool.checkpoint.inspect_op import DiffResult, InspectResult
+    from vhtool.checkpoint.inspect import DiffResult, InspectResult
 
 
 @handle_errors
@@ -56,7 +56,7 @@ def inspect_command(
     tensors, parameters, dtypes, bytes and marks (tied, shared, frozen, lora). Works on Hub repos
     through HTTP range reads of the headers. The --json schema is documented in docs/inspect-schema.md.
     """
-    from vhtool.checkpoint.inspect_op import diff_checkpoints, inspect_checkpoint
+    from vhtool.checkpoint.inspect import diff_checkpoints, inspect_checkpoint
 
     out = Out(json_mode=json_out, quiet=quiet)
     if hash_bytes and diff is None:

@@ -44,7 +44,7 @@ def push_command(
     """
     from rich.markup import escape
 
-    from vhtool.publish import push_checkpoint
+    from vhtool.checkpoint.push_op import push_checkpoint
 
     out = Out(json_mode=json_out, quiet=quiet)
     result = push_checkpoint(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,8 +22,8 @@ from vhtool.cli.common import (
 @handle_errors
 def make_reference_command(
     policy: Annotated[
-        Path, typer.Argument(help="Policy checkpoint directory (default: the current directory).")
-    ] = Path("."),
+        str, typer.Argument(help="Policy checkpoint: directory (default: the current one), Hub id or builtin:*.")
+    ] = ".",
     shared_layers: Annotated[
         int | None,
         typer.Option(
@@ -51,12 +50,14 @@ def make_reference_command(
     Default OUT: <POLICY>-reference.
     """
     from vhtool.checkpoint.reference_op import default_reference_name, make_reference
+    from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    target = output if output is not None else default_reference_name(policy)
+    source = resolve_source(policy)
+    target = output if output is not None else default_reference_name(source.name_path)
     with out.progress("copying weights") as factory:
         result = make_reference(
-            policy,
+            source.path,
             target,
             shared_layers=shared_layers,
             pattern=pattern,

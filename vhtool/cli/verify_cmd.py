@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,9 @@ from vhtool.errors import VerificationError
 
 @handle_errors
 def verify_command(
-    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint directory to check.", show_default=False)],
+    checkpoint: Annotated[
+        str, typer.Argument(help="The checkpoint: local directory, Hub id or builtin:*.", show_default=False)
+    ],
     forward: Annotated[
         bool,
         typer.Option(
@@ -37,9 +38,10 @@ def verify_command(
     from rich.markup import escape
 
     from vhtool.checkpoint.verify_op import verify_checkpoint
+    from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    result = verify_checkpoint(checkpoint, forward=forward, hash_all=hash_all)
+    result = verify_checkpoint(resolve_source(checkpoint).path, forward=forward, hash_all=hash_all)
     if json_out:
         out.data(result.to_json())
     else:

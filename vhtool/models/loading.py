@@ -22,8 +22,9 @@ from vhtool.checkpoint.layout import (
     symlinked_files,
 )
 from vhtool.checkpoint.safetensors_io import read_header
-from vhtool.errors import CheckpointError, HubUnavailableError, InputError
-from vhtool.hub import locate
+from vhtool.errors import CheckpointError, InputError
+from vhtool.hub.download import cached_snapshot, download_file, reachable
+from vhtool.hub.names import locate
 
 
 @dataclass(frozen=True)
@@ -49,26 +50,27 @@ class Resolved:
 def resolve_pretrained(
     name: str, *, revision: str | None = None, token: Any = None, cache_dir: str | None = None
 ) -> Resolved:
-    """Resolves a local directory, ``builtin:NAME`` or Hub id, validating local safetensors headers up front."""
+    """Resolves a local directory, ``builtin:NAME`` or Hub id, validating local safetensors headers up front.
+
+    A Hub id is looked up once (no retries): when the Hub answers, the model is loaded from it; offline
+    or unreachable, its snapshot in the local cache is used, so that transformers never retries either.
+
+    Raises:
+        InputError: a missing path, not a model directory, a gated repo or a missing revision.
+        HubUnavailableError: no such repo, or offline/unreachable and not cached.
+    """
     kind, where = locate(name, missing="no such directory")
     if kind == "builtin":
         return resolve_pretrained(str(where))
     if kind == "local":
-        path = where
-        if not path.is_dir():
-            raise InputError(f"{path}: not a model directory.")
-        for st in sorted(path.glob("*.safetensors")):
-            read_header(st)  # a corrupt or truncated file fails here with a clear message, before transformers
-        adapter = path if (path / "adapter_config.json").is_file() else None
-        manifest = None
-        if (path / MANIFEST_FILE).is_file():
-            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        return Resolved(
-            name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
-        )
-    adapter_file = _hub_file(name, "adapter_config.json", revision=revision, token=token, cache_dir=cache_dir)
-    manifest_file = _hub_file(name, MANIFEST_FILE, revision=revision, token=token, cache_dir=cache_dir)
-    manifest = json.loads(Path(manifest_file).read_text(encoding="utf-8")) if manifest_file else None
+        return _local(name, Path(where))
+    if not reachable(name, revision=revision, token=token):
+        snap = cached_snapshot(name, revision=revision, cache_dir=cache_dir)
+        return _local(name, snap.path)
+    kw = {"revision": revision, "token": token, "cache_dir": cache_dir}
+    adapter_file = download_file(name, "adapter_config.json", **kw)
+    manifest_file = download_file(name, MANIFEST_FILE, **kw)
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file else None
     return Resolved(
         name=name,
         load_from=name,
@@ -77,34 +79,23 @@ def resolve_pretrained(
         revision=revision,
         token=token,
         cache_dir=cache_dir,
-        adapter_config_dir=Path(adapter_file).parent if adapter_file else None,
+        adapter_config_dir=adapter_file.parent if adapter_file else None,
         manifest=manifest,
     )
 
 
-def _hub_file(repo_id: str, filename: str, **kw: Any) -> str | None:
-    """Downloads one file of a Hub repo; ``None`` when the repo lacks it or it cannot be had offline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
+def _local(name: str, path: Path) -> Resolved:
+    if not path.is_dir():
+        raise InputError(f"{path}: not a model directory.")
+    for st in sorted(path.glob("*.safetensors")):
+        read_header(st)  # a corrupt or truncated file fails here with a clear message, before transformers
+    adapter = path if (path / "adapter_config.json").is_file() else None
+    manifest = None
+    if (path / MANIFEST_FILE).is_file():
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return Resolved(
+        name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
     )
-
-    try:
-        return str(hf_hub_download(repo_id, filename, **{k: v for k, v in kw.items() if v is not None}))
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:
-        return None
-    except RevisionNotFoundError as exc:
-        raise InputError(f"{repo_id}: revision {kw.get('revision')!r} not found on the Hub.") from exc
-    except GatedRepoError as exc:
-        raise InputError(f"{repo_id}: gated repo; log in with a token that has access.") from exc
-    except RepositoryNotFoundError as exc:
-        raise HubUnavailableError(f"{repo_id}: no such model repo on the Hub (or no access to it).") from exc
 
 
 def _read_v_head(path: Path, keys: list[str] | None = None) -> dict[str, Any]:
@@ -165,13 +156,13 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
 
     assert resolved.repo_id is not None
     kw = {"revision": resolved.revision, "token": resolved.token, "cache_dir": resolved.cache_dir}
-    single = _hub_file(resolved.repo_id, SINGLE_FILE, **kw)
+    single = download_file(resolved.repo_id, SINGLE_FILE, **kw)
     if single:
         state = _read_v_head(Path(single))
         if state:
             return state, f"{resolved.repo_id}/{SINGLE_FILE}"
     else:
-        index_file = _hub_file(resolved.repo_id, INDEX_FILE, **kw)
+        index_file = download_file(resolved.repo_id, INDEX_FILE, **kw)
         if index_file:
             wmap = json.loads(Path(index_file).read_text(encoding="utf-8")).get("weight_map") or {}
             shards = sorted({f for k, f in wmap.items() if k.startswith("v_head.")})
@@ -179,12 +170,12 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             for shard in shards:
                 if os.path.isabs(shard) or ".." in Path(shard).parts:
                     raise CheckpointError(f"{resolved.repo_id}: the index names {shard!r}, outside the repo.")
-                local = _hub_file(resolved.repo_id, shard, **kw)
+                local = download_file(resolved.repo_id, shard, **kw)
                 if local:
                     state.update(_read_v_head(Path(local)))
             if state:
                 return state, f"{resolved.repo_id}/{', '.join(shards)}"
-    sidecar = _hub_file(resolved.repo_id, SIDECAR_FILE, **kw)
+    sidecar = download_file(resolved.repo_id, SIDECAR_FILE, **kw)
     if sidecar:
         state = _read_v_head(Path(sidecar))
         if state:

@@ -44,7 +44,7 @@ from vhtool.checkpoint.adapter_op import (
 )
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import safe_member
-from vhtool.errors import CheckpointError, HubUnavailableError, InputError
+from vhtool.errors import CheckpointError, InputError
 
 _BINDINGS_ATTR = "_vhtool_reward_bindings"
 
@@ -146,13 +146,7 @@ def _resolve_adapter_dir(adapter_id: str, *, token: Any, revision: str | None) -
         return path
     from vhtool.hub import resolve_source
 
-    try:
-        return resolve_source(adapter_id, revision=revision, token=token).path
-    except HubUnavailableError as exc:
-        raise HubUnavailableError(
-            f"cannot fetch the reward adapter {adapter_id!r} from the Hub (offline, unreachable, or no such repo); "
-            "download it on a connected machine and pass its local directory."
-        ) from exc
+    return resolve_source(adapter_id, revision=revision, token=token, what="the reward adapter").path
 
 
 def _live_shapes(hf_model: Any) -> dict[str, tuple[int, ...]]:
@@ -595,22 +589,18 @@ def wire_recorded_adapter(model: Any, resolved: Any) -> None:
 
 
 def _download_subfolder(resolved: Any, sub: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from vhtool.hub.download import snapshot
 
     if sub.startswith("/") or ".." in Path(sub).parts:
         raise CheckpointError(
             f"{resolved.repo_id}: vhtool.json names reward adapter subfolder {sub!r}, outside the repo."
         )
-    kw = {"revision": resolved.revision, "token": resolved.token, "cache_dir": resolved.cache_dir}
-    try:
-        local = snapshot_download(
-            resolved.repo_id,
-            allow_patterns=[f"{sub}/{ADAPTER_CONFIG}", f"{sub}/{ADAPTER_WEIGHTS}"],
-            **{k: v for k, v in kw.items() if v is not None},
-        )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise HubUnavailableError(
-            f"cannot fetch the reward adapter {resolved.repo_id}/{sub} (offline or unreachable)."
-        ) from exc
-    return Path(local) / sub
+    snap = snapshot(
+        resolved.repo_id,
+        revision=resolved.revision,
+        what="the reward adapter",
+        patterns=[f"{sub}/{ADAPTER_CONFIG}", f"{sub}/{ADAPTER_WEIGHTS}"],
+        token=resolved.token,
+        cache_dir=resolved.cache_dir,
+    )
+    return snap.path / sub

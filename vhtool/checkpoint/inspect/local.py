@@ -1,0 +1,112 @@
+"""Reading a local checkpoint's headers (model weights, sidecar, reward adapter) for inspection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.inspect.adapter import adapter_record, adapter_report
+from vhtool.checkpoint.inspect.model import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    DEFAULT_ADAPTER_SUBFOLDER,
+    PART_ADAPTER,
+    PART_MODEL,
+    PART_SIDECAR,
+    AdapterReport,
+    Loaded,
+    SourceInfo,
+    Tensor,
+)
+from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint, open_checkpoint, read_json_object, safe_member
+from vhtool.checkpoint.safetensors_io import TensorInfo, read_header
+from vhtool.errors import CheckpointError
+
+
+def load_local(root: Path, info: SourceInfo) -> Loaded:
+    ckpt = open_checkpoint(root)
+    tensors: list[Tensor] = []
+    for name, loc in ckpt.tensors.items():
+        hdr = ckpt.headers[loc.file]
+        tensors.append(
+            Tensor(
+                name,
+                name,
+                loc.info,
+                loc.file,
+                PART_MODEL,
+                abs_path=hdr.path,
+                abs_offset=hdr.data_start + loc.info.begin,
+            )
+        )
+    if ckpt.sidecar is not None:
+        sc = ckpt.sidecar
+        for name, ti in sc.tensors.items():
+            tensors.append(
+                Tensor(
+                    f"{SIDECAR_FILE}:{name}",
+                    name,
+                    ti,
+                    SIDECAR_FILE,
+                    PART_SIDECAR,
+                    abs_path=sc.path,
+                    abs_offset=sc.data_start + ti.begin,
+                )
+            )
+    adapter, adapter_tensors = local_adapter(ckpt)
+    tensors.extend(adapter_tensors)
+    layout = "sharded" if ckpt.sharded else "single-file"
+    return Loaded(source=info, ckpt=ckpt, layout=layout, tensors=tensors, adapter=adapter)
+
+
+def local_adapter(ckpt: Checkpoint) -> tuple[AdapterReport | None, list[Tensor]]:
+    root = ckpt.path
+    rec = adapter_record(ckpt.manifest, (root / DEFAULT_ADAPTER_SUBFOLDER / ADAPTER_CONFIG).is_file())
+    if rec is None:
+        return None, []
+    name, sub, recorded, problems = rec
+    if problems:
+        return adapter_report(name, sub, recorded, None, {}, problems, ckpt.config), []
+    folder = safe_member(root, sub, "the reward adapter subfolder")
+    if not folder.is_dir():
+        problems.append(f"subfolder {sub}/ is missing")
+        return adapter_report(name, sub, recorded, None, {}, problems, ckpt.config), []
+    cfg: dict[str, Any] | None = None
+    cfg_path = safe_member(root, f"{sub}/{ADAPTER_CONFIG}", "the reward adapter config")
+    if not cfg_path.is_file():
+        problems.append(f"{sub}/{ADAPTER_CONFIG} is missing")
+    else:
+        try:
+            cfg = read_json_object(cfg_path, ADAPTER_CONFIG)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    tensors: list[Tensor] = []
+    infos: dict[str, TensorInfo] = {}
+    weights = safe_member(root, f"{sub}/{ADAPTER_WEIGHTS}", "the reward adapter weights")
+    rel = f"{sub}/{ADAPTER_WEIGHTS}"
+    if not weights.is_file():
+        pickled = (folder / "adapter_model.bin").exists()
+        problems.append(
+            f"{rel} is missing"
+            + (" (only a pickle adapter_model.bin, which vhtool never unpickles)" if pickled else "")
+        )
+    else:
+        try:
+            hdr = read_header(weights)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+        else:
+            infos = dict(hdr.tensors)
+            for tname, ti in hdr.tensors.items():
+                tensors.append(
+                    Tensor(
+                        f"{rel}:{tname}",
+                        tname,
+                        ti,
+                        rel,
+                        PART_ADAPTER,
+                        abs_path=hdr.path,
+                        abs_offset=hdr.data_start + ti.begin,
+                    )
+                )
+    return adapter_report(name, sub, recorded, cfg, infos, problems, ckpt.config), tensors

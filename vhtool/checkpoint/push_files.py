@@ -1,0 +1,156 @@
+"""Which files of a checkpoint a push publishes, and the check that it is fit to publish. No Hub calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vhtool.checkpoint.copyio import hash_file
+from vhtool.checkpoint.layout import (
+    AUX_FILES,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    SIDECAR_FILE,
+    Checkpoint,
+    open_checkpoint,
+    safe_member,
+    symlinked_files,
+)
+from vhtool.checkpoint.model_card import CARD_FILE
+from vhtool.errors import CheckpointError, VerificationError
+
+#: Other top-level files a checkpoint may carry (tokenizer variants, processor configs), by suffix.
+_EXTRA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
+#: Never part of a published checkpoint: pickle weights, locks, temp files, editor leftovers.
+_NEVER_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".lock", ".tmp", ".part", ".incomplete", "~", ".swp")
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to publish: where it goes in the repo, its local path (or generated content), size and sha256."""
+
+    path_in_repo: str
+    local: Path | None
+    size: int
+    sha256: str
+    content: bytes | None = None
+
+
+def verify_for_push(path: Path) -> Checkpoint:
+    """Refuses a checkpoint that is not fit to publish; returns it opened.
+
+    Raises:
+        InputError: not a checkpoint at all (exit 2).
+        VerificationError: the value head is missing or malformed, the index is inconsistent, or files no
+            longer match the sha256 recorded in ``vhtool.json`` (exit 1).
+    """
+    from vhtool.checkpoint.verify_op import verify_checkpoint
+
+    try:
+        ckpt: Checkpoint | None = open_checkpoint(path)
+    except CheckpointError:
+        ckpt = None  # malformed: verify names the problem below (exit 1)
+    result = verify_checkpoint(path)  # InputError when not a checkpoint at all
+    if not result.ok:
+        problems = [f"{c.name}: {c.detail}" for c in result.failures]
+        more = f" (+{len(problems) - 1} more; `vhtool verify {path}` lists them)" if len(problems) > 1 else ""
+        raise VerificationError(
+            f"{path}: refusing to push, the checkpoint fails verification: {problems[0]}{more}", problems=problems
+        )
+    if ckpt is None:  # pragma: no cover - verify passed, so the layout opens
+        ckpt = open_checkpoint(path)
+    return ckpt
+
+
+def _recorded_sha(manifest: dict[str, Any] | None, name: str) -> str | None:
+    """The sha256 ``vhtool.json`` records for ``name`` (already checked by verify), if any."""
+    m = manifest or {}
+    files = m.get("files")
+    entry = files.get(name) if isinstance(files, dict) else None
+    if entry is None:
+        ra = m.get("reward_adapter")
+        sub = ra.get("subfolder") if isinstance(ra, dict) else None
+        afiles = ra.get("files") if isinstance(ra, dict) else None
+        if isinstance(sub, str) and isinstance(afiles, dict) and name.startswith(sub.rstrip("/") + "/"):
+            entry = afiles.get(name[len(sub.rstrip("/")) + 1 :])
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+
+def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, str]]]:
+    """The checkpoint's files to publish (without the card) and the entries skipped, with why.
+
+    Raises:
+        CheckpointError: a file the checkpoint needs is a link leading outside it.
+    """
+    root = ckpt.path
+    manifest = ckpt.manifest
+    required = {"config.json", MANIFEST_FILE, *ckpt.weight_files}
+    if ckpt.index is not None:
+        required.add(INDEX_FILE)
+    if ckpt.sidecar is not None:
+        required.add(SIDECAR_FILE)
+    linked = symlinked_files(manifest)
+    adapter_dir: str | None = None
+    ra = (manifest or {}).get("reward_adapter")
+    if isinstance(ra, dict) and isinstance(ra.get("subfolder"), str):
+        adapter_dir = ra["subfolder"].strip("/")
+
+    chosen: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, str]] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.startswith("."):
+            skipped.append((name, "hidden file or temporary sibling"))
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if name == adapter_dir:
+                for sub in sorted(entry.iterdir(), key=lambda p: p.name):
+                    rel = f"{name}/{sub.name}"
+                    if sub.name.startswith(".") or sub.name.endswith(_NEVER_SUFFIXES) or sub.is_dir():
+                        skipped.append((rel, "not part of the reward adapter"))
+                        continue
+                    chosen.append((rel, _member(root, rel, required=True, link_out=False)))
+            else:
+                skipped.append((name + "/", "folder not referenced by vhtool.json"))
+            continue
+        if name in required:
+            chosen.append((name, _member(root, name, required=True, link_out=name in linked)))
+            continue
+        known = name in AUX_FILES or name == CARD_FILE
+        if (
+            name.endswith(_NEVER_SUFFIXES)
+            or name.endswith(".safetensors")
+            or not (known or name.endswith(_EXTRA_SUFFIXES))
+        ):
+            skipped.append((name, "not part of the checkpoint"))
+            continue
+        try:
+            member = safe_member(root, name, "a checkpoint file")
+        except CheckpointError:
+            if known:
+                raise
+            skipped.append((name, "a link that points outside the checkpoint"))
+            continue
+        if not member.is_file():
+            skipped.append((name, "not a regular file"))
+            continue
+        chosen.append((name, member))
+
+    files = []
+    for rel, member in chosen:
+        size = member.stat().st_size
+        sha = _recorded_sha(manifest, rel) or hash_file(member)
+        files.append(LocalFile(path_in_repo=rel, local=member, size=size, sha256=sha))
+    return files, skipped
+
+
+def _member(root: Path, rel: str, *, required: bool, link_out: bool) -> Path:
+    member = safe_member(root, rel, "a checkpoint file", allow_link_out=link_out)
+    if required and not member.is_file():
+        raise CheckpointError(f"{member}: part of the checkpoint but not a regular file.")
+    return member
+
+
+__all__ = ["LocalFile", "collect_files", "verify_for_push"]

@@ -1,0 +1,284 @@
+"""``vhtool push``: verify a checkpoint, compare it with the remote, and publish it in one commit.
+
+``push_checkpoint`` verifies the checkpoint (:func:`vhtool.checkpoint.push_files.verify_for_push`),
+lists the files that belong to it (:func:`~vhtool.checkpoint.push_files.collect_files`), compares
+them with the remote revision by size, sha256 (LFS files) or git blob id (regular files), and
+uploads what is new or changed in **one** commit through the Hub room (:mod:`vhtool.hub.commit`).
+Files are passed to ``huggingface_hub`` by path, never read into memory; the generated card is the
+only file sent as bytes. The token is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhtool._version import __version__
+from vhtool.checkpoint.model_card import CARD_FILE, CARD_MARKER, render_model_card
+from vhtool.checkpoint.push_files import LocalFile, collect_files, verify_for_push
+from vhtool.errors import InputError, OperationError
+from vhtool.hub.commit import Upload, commit_files, endpoint
+from vhtool.hub.errors import TOKEN_HELP
+from vhtool.hub.names import locate, validate_repo_id
+from vhtool.hub.remote_diff import file_status, git_blob_sha1_bytes, is_stale_weight
+from vhtool.hub.remote_state import RemoteState, read_remote_state, read_remote_text
+from vhtool.hub.token import resolve_token
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file of the push: where it goes, how big it is, and how it compares with the remote."""
+
+    path_in_repo: str
+    size: int
+    sha256: str
+    status: str  # added | changed | unchanged | deleted
+    origin: str  # checkpoint | generated | remote (a stale remote weight file to delete)
+    local: Path | None = None
+    content: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path_in_repo,
+            "size": self.size,
+            "sha256": self.sha256,
+            "status": self.status,
+            "origin": self.origin,
+        }
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The plan (``--dry-run``) or the outcome of a push."""
+
+    checkpoint: Path
+    repo_id: str
+    revision: str
+    endpoint: str
+    dry_run: bool
+    remote: RemoteState
+    files: list[PlannedFile]
+    skipped: list[tuple[str, str]]
+    model_card: str  # generated | checkpoint | remote-kept
+    pushed: bool = False
+    commit_oid: str | None = None
+    commit_url: str | None = None
+    pr_url: str | None = None
+    repo_created: bool = False
+    branch_created: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def paths(self, *statuses: str) -> list[str]:
+        return [f.path_in_repo for f in self.files if f.status in statuses]
+
+    @property
+    def bytes_to_upload(self) -> int:
+        return sum(f.size for f in self.files if f.status in ("added", "changed"))
+
+    @property
+    def nothing_to_push(self) -> bool:
+        return not self.paths("added", "changed", "deleted")
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "checkpoint": str(self.checkpoint),
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "endpoint": self.endpoint,
+            "dry_run": self.dry_run,
+            "remote": self.remote.to_json(),
+            "model_card": self.model_card,
+            "files": [f.to_json() for f in self.files],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "bytes_to_upload": self.bytes_to_upload,
+            "uploaded" if not self.dry_run else "to_upload": self.paths("added", "changed"),
+            "unchanged": self.paths("unchanged"),
+            "deleted" if not self.dry_run else "to_delete": self.paths("deleted"),
+            "nothing_to_push": self.nothing_to_push,
+            "notes": list(self.notes),
+        }
+        if not self.dry_run:
+            doc.update(
+                {
+                    "pushed": self.pushed,
+                    "bytes_uploaded": self.bytes_to_upload if self.pushed else 0,
+                    "commit": {"oid": self.commit_oid, "url": self.commit_url, "pr_url": self.pr_url}
+                    if self.pushed
+                    else None,
+                    "repo_created": self.repo_created,
+                    "branch_created": self.branch_created,
+                }
+            )
+        return doc
+
+
+def local_checkpoint_dir(name: str | os.PathLike[str]) -> Path:
+    """CHECKPOINT of a push: a local directory (it is uploaded as it is), never a Hub id or a built-in.
+
+    Raises:
+        InputError: a Hub id, a built-in, or a path that does not exist.
+    """
+    text = str(name)
+    kind, where = locate(text)
+    if kind == "hub":
+        raise InputError(
+            f"{text}: no such directory; push publishes a local checkpoint directory. To republish the Hub "
+            f"repo {text!r}, download it first (`hf download {text} --local-dir DIR`) and push DIR."
+        )
+    if kind == "builtin":
+        raise InputError(
+            f"{text}: a built-in model is not a checkpoint to publish; make one first "
+            f"(`vhtool init {text} -o DIR`) and push DIR."
+        )
+    return Path(where)
+
+
+def push_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+) -> PushResult:
+    """Verifies ``checkpoint`` and publishes it to ``repo_id`` in one commit (or only plans it, ``dry_run``).
+
+    Args:
+        checkpoint: the local checkpoint directory (never modified).
+        repo_id: ``namespace/name`` of the model repo; created when missing.
+        private: create the repo private (an existing repo's visibility is left as it is).
+        revision: the branch to push to (created from the default branch when missing); default ``main``.
+        commit_message: the commit title (default: "Upload <name> with vhtool <version>").
+        create_pr: open a pull request instead of committing to the branch.
+        dry_run: compute the plan only: no repo, branch, upload or commit is created.
+        token: a Hub token; default ``HF_TOKEN`` or the login cache. Never printed or written.
+
+    Returns:
+        The plan, and for a real push the commit (``pushed`` False when the remote was up to date).
+
+    Raises:
+        InputError: not a checkpoint, or an invalid repo id (exit 2).
+        VerificationError: the checkpoint fails verification (exit 1).
+        OperationError: no token, a rejected token, or the Hub failed (exit 1); nothing is reported as pushed.
+    """
+    root = local_checkpoint_dir(checkpoint)
+    validate_repo_id(repo_id)
+    branch = revision or "main"
+    if revision is not None and not revision.strip():
+        raise InputError("--revision is empty; give a branch name (e.g. main or dev).")
+    ckpt = verify_for_push(root)
+    tok = resolve_token(token)
+    if tok is None and not dry_run:
+        raise OperationError(f"no Hugging Face token found; {TOKEN_HELP}.")
+    auth: str | bool = tok if tok else False
+
+    local_files, skipped = collect_files(ckpt)
+    notes: list[str] = []
+    remote, siblings = read_remote_state(repo_id, branch, token=auth, strict=not dry_run)
+    if dry_run and tok is None:
+        notes.append(f"no token found: the remote was read anonymously; a push needs one ({TOKEN_HELP})")
+
+    card_origin = "checkpoint" if any(f.path_in_repo == CARD_FILE for f in local_files) else "generated"
+    if card_origin == "generated":
+        text = render_model_card(repo_id, ckpt.manifest, ckpt.config).encode("utf-8")
+        remote_card = siblings.get(CARD_FILE)
+        keep_remote = False
+        if remote_card is not None and remote_card.blob_id != git_blob_sha1_bytes(text):
+            remote_text = read_remote_text(repo_id, CARD_FILE, revision=remote.head, token=auth)
+            # unreadable: keep it rather than overwrite a card we cannot see
+            keep_remote = remote_text is None or CARD_MARKER not in remote_text
+        if keep_remote:
+            card_origin = "remote-kept"
+            notes.append(f"{repo_id} already has a {CARD_FILE} not written by vhtool; it was left as it is")
+        else:
+            local_files.append(LocalFile(CARD_FILE, None, len(text), hashlib.sha256(text).hexdigest(), content=text))
+
+    adapter_dir = next((f.path_in_repo.split("/")[0] for f in local_files if "/" in f.path_in_repo), None)
+    planned = [
+        PlannedFile(
+            path_in_repo=f.path_in_repo,
+            size=f.size,
+            sha256=f.sha256,
+            status=file_status(
+                size=f.size, sha256=f.sha256, local=f.local, content=f.content, remote=siblings.get(f.path_in_repo)
+            ),
+            origin="generated" if f.content is not None else "checkpoint",
+            local=f.local,
+            content=f.content,
+        )
+        for f in local_files
+    ]
+    ours = {f.path_in_repo for f in planned}
+    for path, sib in sorted(siblings.items()):
+        if path not in ours and is_stale_weight(path, adapter_dir):
+            planned.append(PlannedFile(path, sib.size or 0, sib.lfs_sha256 or "", "deleted", "remote"))
+    if not remote.checked:
+        planned = [f for f in planned if f.status != "deleted"]
+
+    result = PushResult(
+        checkpoint=Path(checkpoint),
+        repo_id=repo_id,
+        revision=branch,
+        endpoint=endpoint(auth),
+        dry_run=dry_run,
+        remote=remote,
+        files=planned,
+        skipped=skipped,
+        model_card=card_origin,
+        notes=notes,
+    )
+    if dry_run:
+        return result
+    if remote.exists and result.nothing_to_push:
+        if private:
+            notes.append(f"{repo_id} exists; its visibility was not changed")
+        notes.append("nothing to push, remote is up to date")
+        return result
+    if remote.exists and private:
+        notes.append(f"{repo_id} exists; its visibility was not changed")
+
+    uploads = [
+        Upload(f.path_in_repo, local=f.local, content=f.content, delete=f.status == "deleted")
+        for f in planned
+        if f.status in ("added", "changed", "deleted")
+    ]
+    uploaded = sum(1 for f in planned if f.status in ("added", "changed"))
+    outcome = commit_files(
+        repo_id,
+        uploads,
+        branch=branch,
+        token=auth,
+        create_repo=not remote.exists,
+        private=private,
+        create_branch=branch != "main" and not remote.branch_exists,
+        message=commit_message or f"Upload {root.resolve().name} with vhtool {__version__}",
+        description=(
+            f"Pushed by `vhtool push`: {uploaded} file(s) added or changed, "
+            f"{len(result.paths('unchanged'))} unchanged, {len(result.paths('deleted'))} deleted."
+        ),
+        create_pr=create_pr,
+        parent=remote.head if remote.exists else None,
+    )
+    pushed = not (remote.head is not None and outcome.oid == remote.head)
+    if not pushed:
+        notes.append("nothing to push, remote is up to date")
+    return dataclasses.replace(
+        result,
+        pushed=pushed,
+        commit_oid=outcome.oid if pushed else None,
+        commit_url=outcome.url if pushed else None,
+        pr_url=outcome.pr_url if pushed else None,
+        repo_created=outcome.repo_created,
+        branch_created=outcome.branch_created,
+        notes=notes,
+    )
+
+
+__all__ = ["PlannedFile", "PushResult", "local_checkpoint_dir", "push_checkpoint"]
