@@ -214,7 +214,9 @@ def _check_existing_dir(path: Path, shown: str, *, force: bool) -> None:
             f"directories of checkpoint files. {_REMOVE_YOURSELF_CAP}."
         )
     if not force:
-        raise OutputExistsError(f"{shown} already exists; pass --force to replace it (it holds checkpoint files only).")
+        raise OutputExistsError(
+            f"{shown} already exists; pass --force to replace it (it holds checkpoint files only)."
+        )
 
 
 def _check_existing_file(path: Path, shown: str, *, force: bool) -> None:
