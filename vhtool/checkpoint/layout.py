@@ -101,6 +101,10 @@ class Checkpoint:
     sidecar: SafetensorsHeader | None = None
     manifest: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Weight files present but not loaded, because transformers' precedence (``model.safetensors`` before
+    #: the index) skips them: left behind by a save into an older sharded checkpoint. Loading warns;
+    #: ``verify`` fails naming them.
+    ignored_weights: tuple[str, ...] = ()
 
     @property
     def sharded(self) -> bool:
@@ -147,15 +151,16 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
 
     index: dict[str, Any] | None = None
     weight_files: list[str]
-    if (root / INDEX_FILE).is_file():
+    ignored = conflicting_weight_files(root)
+    if (root / SINGLE_FILE).is_file():  # transformers' precedence: the single file wins over an index
+        weight_files = [SINGLE_FILE]
+    elif (root / INDEX_FILE).is_file():
         safe_member(root, INDEX_FILE, "the index")
         index = read_json_object(root / INDEX_FILE, "the safetensors index")
         wmap = index.get("weight_map")
         if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
             raise CheckpointError(f"{root / INDEX_FILE}: weight_map must map tensor names to file names.")
         weight_files = sorted(set(wmap.values()))
-    elif (root / SINGLE_FILE).is_file():
-        weight_files = [SINGLE_FILE]
     else:
         pickles = [n for n in PICKLE_FILES if (root / n).exists()]
         if pickles:
@@ -210,7 +215,24 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         index=index,
         sidecar=sidecar,
         manifest=manifest,
+        ignored_weights=ignored,
     )
+
+
+def conflicting_weight_files(root: Path) -> tuple[str, ...]:
+    """The index and the files it names when a ``model.safetensors`` sits beside them (empty when no conflict).
+
+    transformers loads ``model.safetensors`` first and never reads such an index, so its files are stale
+    leftovers of an older sharded checkpoint (e.g. ``save_pretrained`` into a folder ``vhtool init`` made).
+    """
+    if not ((root / SINGLE_FILE).is_file() and (root / INDEX_FILE).is_file()):
+        return ()
+    try:
+        wmap = json.loads((root / INDEX_FILE).read_text(encoding="utf-8")).get("weight_map") or {}
+        named = sorted({f for f in wmap.values() if isinstance(f, str) and f != SINGLE_FILE})
+    except (OSError, ValueError, AttributeError, RecursionError):
+        named = []
+    return (INDEX_FILE, *[f for f in named if (root / f).exists()])
 
 
 def symlinked_files(manifest: dict[str, Any] | None) -> set[str]:

@@ -108,6 +108,8 @@ def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, ha
     config, hidden = _run(checks, "config", lambda: _check_config(root))
     manifest = _run(checks, "manifest", lambda: _check_manifest(root))[0]
     ckpt = _run(checks, "layout", lambda: _check_layout(root))[0]
+    if ckpt is not None and ckpt.ignored_weights:
+        checks.append(_stale_weights_check(ckpt.ignored_weights))
     _run(checks, "links", lambda: _check_links(root, manifest))
     if manifest is not None:
         checks.extend(_check_files(root, manifest, ckpt, hash_all=hash_all))
@@ -181,6 +183,16 @@ def _check_layout(root: Path) -> tuple[Checkpoint, str]:
     ckpt = open_checkpoint(root)
     kind = f"sharded ({len(ckpt.weight_files)} files)" if ckpt.sharded else "single file"
     return ckpt, f"{kind}, {len(ckpt.tensors)} tensors, index and headers consistent"
+
+
+def _stale_weights_check(ignored: tuple[str, ...]) -> Check:
+    return Check(
+        "stale weights",
+        False,
+        f"model.safetensors sits beside {', '.join(ignored)}: transformers, TRL and vhtool load model.safetensors "
+        "and ignore the others (left by a save into an older sharded checkpoint); delete "
+        f"{' and '.join(ignored)} once you are sure model.safetensors holds the weights you want.",
+    )
 
 
 def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:

@@ -18,6 +18,7 @@ from vhtool.checkpoint.layout import (
     MANIFEST_FILE,
     SIDECAR_FILE,
     SINGLE_FILE,
+    conflicting_weight_files,
     safe_member,
     symlinked_files,
 )
@@ -114,7 +115,18 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
     if resolved.local_dir is not None:
         root = resolved.local_dir
         candidates: list[tuple[Path, list[str] | None, str]] = []
-        if (root / INDEX_FILE).is_file():
+        stale = conflicting_weight_files(root)
+        if stale:
+            import warnings
+
+            warnings.warn(
+                f"{root}: model.safetensors sits beside {', '.join(stale)}; loading model.safetensors (as "
+                "transformers and TRL do) and ignoring the others, which an older sharded checkpoint left behind.",
+                stacklevel=3,
+            )
+        if (root / SINGLE_FILE).is_file():  # transformers' precedence: the single file wins over an index
+            candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
+        elif (root / INDEX_FILE).is_file():
             index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
             wmap = index.get("weight_map") or {}
             files: dict[str, list[str]] = {}
@@ -124,8 +136,6 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             linked = symlinked_files(resolved.manifest)  # `--link symlink` outputs point outside, by design
             for f, names in sorted(files.items()):
                 candidates.append((safe_member(root, f, "the index", allow_link_out=f in linked), names, f))
-        elif (root / SINGLE_FILE).is_file():
-            candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
         if (root / SIDECAR_FILE).is_file():
             candidates.append((safe_member(root, SIDECAR_FILE, "the sidecar"), None, SIDECAR_FILE))
         for path, keys, label in candidates:

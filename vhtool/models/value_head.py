@@ -393,6 +393,14 @@ class PreTrainedModelWrapper(nn.Module):
         ``value_head.safetensors`` beside it (no pickle).
         """
         save_directory = Path(args[0] if args else kwargs["save_directory"])
+        if kwargs.get("push_to_hub"):  # transformers names the repo after the folder: save there directly
+            return self._save_into(save_directory, *args[1:], **kwargs)
+        from vhtool.models.saving import save_replacing
+
+        kwargs.pop("save_directory", None)
+        return save_replacing(save_directory, lambda tmp: self._save_into(tmp, *args[1:], **kwargs))
+
+    def _save_into(self, save_directory: Path, *args: Any, **kwargs: Any) -> Any:
         if self.is_peft_model:
             from safetensors.torch import save_file
 
@@ -401,7 +409,7 @@ class PreTrainedModelWrapper(nn.Module):
                 # the reward adapter is loaded without its score head: saving it here would write a broken copy
                 own = [a for a in self.pretrained_model.peft_config if a != self.rm_adapter_name]
                 kwargs["selected_adapters"] = own
-            result = self.pretrained_model.save_pretrained(*args, **kwargs)
+            result = self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
             save_directory.mkdir(parents=True, exist_ok=True)
             head = {f"v_head.{k}": v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}
             save_file(head, str(save_directory / "value_head.safetensors"), metadata={"format": "pt"})
@@ -409,7 +417,7 @@ class PreTrainedModelWrapper(nn.Module):
         if kwargs.get("state_dict") is None:
             kwargs["state_dict"] = self.state_dict()
         with self._v_head_attached():
-            return self.pretrained_model.save_pretrained(*args, **kwargs)
+            return self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
 
     @contextmanager
     def _v_head_attached(self) -> Iterator[None]:
