@@ -8,7 +8,8 @@ Differences from TRL that users can rely on (each has a test):
 * an unknown ``v_head_init_strategy`` raises;
 * ``forward`` captures the last hidden state with a hook instead of asking for all L+1 states;
 * ``state_dict()`` round-trips through ``load_state_dict()``;
-* ``save_pretrained`` of a PEFT model writes ``value_head.safetensors`` (never a pickle) into a
+* ``save_pretrained`` of a PEFT model writes the value head as ``model.safetensors`` beside the adapter
+  (safetensors, never a pickle: the file TRL 1.12.0 reads a PEFT folder's value head from) into a
   directory that exists.
 """
 
@@ -26,6 +27,10 @@ import torch
 from torch import nn
 
 from vhtool.errors import InputError
+
+#: Where a PEFT policy's value head is saved: TRL 1.12.0 loads ``model.safetensors`` of the adapter folder.
+#: vhtool reads it there and in ``value_head.safetensors`` (what vhtool 0.1.0 wrote).
+PEFT_HEAD_FILE = "model.safetensors"
 from vhtool.models.loading import find_value_head_state, resolve_pretrained
 
 logger = logging.getLogger("vhtool")
@@ -389,8 +394,9 @@ class PreTrainedModelWrapper(nn.Module):
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         """Saves like ``transformers``' ``save_pretrained``, with the value head among the model's tensors.
 
-        For a PEFT model, the adapter is saved by PEFT and the value head goes to
-        ``value_head.safetensors`` beside it (no pickle).
+        For a PEFT model, the adapter is saved by PEFT and the value head goes to ``model.safetensors``
+        beside it: safetensors (no pickle), under the name TRL 1.12.0 reads it from. The save goes to a
+        temporary sibling first and replaces only the files it supersedes (see :mod:`vhtool.models.saving`).
         """
         save_directory = Path(args[0] if args else kwargs["save_directory"])
         if kwargs.get("push_to_hub"):  # transformers names the repo after the folder: save there directly
@@ -412,7 +418,7 @@ class PreTrainedModelWrapper(nn.Module):
             result = self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
             save_directory.mkdir(parents=True, exist_ok=True)
             head = {f"v_head.{k}": v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}
-            save_file(head, str(save_directory / "value_head.safetensors"), metadata={"format": "pt"})
+            save_file(head, str(save_directory / PEFT_HEAD_FILE), metadata={"format": "pt"})
             return result
         if kwargs.get("state_dict") is None:
             kwargs["state_dict"] = self.state_dict()
