@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from vhtool.errors import InputError
+from vhtool.models.loading import find_value_head_state, resolve_pretrained
 
 #: Where a PEFT policy's value head is saved: TRL 1.12.0 loads ``model.safetensors`` of the adapter folder.
 #: vhtool reads it there and in ``value_head.safetensors`` (what vhtool 0.1.0 wrote).
 PEFT_HEAD_FILE = "model.safetensors"
-from vhtool.models.loading import find_value_head_state, resolve_pretrained
 
 logger = logging.getLogger("vhtool")
 
