@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 
 from vhtool.cli.app import app
 from vhtool.errors import InputError, OperationError
-from vhtool.models.distributed import (
+from vhtool.models.scoring import BadRecordError, InputSpec, ScoreOptions, Scorer, parse_max_memory
+from vhtool.models.scoring.distributed import score_dataset_distributed
+from vhtool.models.scoring.ranks import (
     DistEnv,
     ProcessGroup,
     RankOutcome,
@@ -35,9 +37,7 @@ from vhtool.models.distributed import (
     detect_distributed,
     outcome_from_exception,
     raise_verdict,
-    score_dataset_distributed,
 )
-from vhtool.models.scoring import BadRecordError, InputSpec, ScoreOptions, Scorer, parse_max_memory
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "hex"]
 SMALL_BATCHES = ("--max-batch-tokens", "160")  # several batches per window, so both ranks get some
