@@ -377,7 +377,7 @@ def test_heads_go_where_the_last_block_output_is() -> None:
     """The head device read from accelerate's map: the last mapped module in module order (LM head left out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from vhtool.models.value_head import mapped_output_device
+    from vhtool.models.hidden import mapped_output_device
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=50, n_positions=16))
     assert mapped_output_device(model) is None  # no device map: the caller keeps its own placement
