@@ -510,3 +510,62 @@ def test_cli_module_does_not_import_torch() -> None:
 
     code = "import sys, vhtool.cli.score_cmd; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------- padding ids
+def _gpt2_vocab_1000(root: Path, tokenizer: str) -> Path:
+    """A random GPT-2 with ``vocab_size=1000`` and GPT-2's default eos/bos 50256, outside the embedding.
+
+    ``tokenizer``: ``none`` (padding falls back to the config's eos) or ``eos-out-of-range`` (a word-level
+    tokenizer of ids < 1000 whose eos is 50256, as in GPT-2's own tokenizer; no pad token, so eos pads).
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=2)
+    assert cfg.eos_token_id == 50256 and cfg.pad_token_id is None
+    src = root / f"gpt2-vocab1000-{tokenizer}"
+    GPT2LMHeadModel(cfg).save_pretrained(src)
+    if tokenizer == "eos-out-of-range":
+        vocab = {f"w{k}": k for k in range(1000)} | {"<|endoftext|>": 50256}
+        tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
+        tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="w0")
+        assert fast.pad_token_id is None and fast.eos_token_id == 50256
+        fast.save_pretrained(src)
+    return _init(str(src), root / f"{src.name}-vh")
+
+
+@pytest.mark.parametrize("tokenizer", ["none", "eos-out-of-range"])
+def test_pad_id_outside_the_embedding_pads_with_a_valid_id(tokenizer: str, tmp_path: Path) -> None:
+    """eos (50256) as the padding id of a 1000-row embedding: padded batches score like unpadded records."""
+    ckpt = _gpt2_vocab_1000(tmp_path, tokenizer)
+    rng = random.Random(3)
+    docs = [{"input_ids": [rng.randrange(1000) for _ in range(rng.randint(1, 60))]} for _ in range(100)]
+    src = write_jsonl(tmp_path / "ids.jsonl", docs)
+    res = run(ckpt, "-i", src, "--json", "--max-batch-tokens", 500)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["count"] == 100 and doc["summary"]["padding_fraction"] > 0
+    got = doc["records"]
+    assert [r["index"] for r in got] == list(range(100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(ckpt)).eval()
+    for r, d in zip(got, docs, strict=True):
+        t = torch.tensor([d["input_ids"]])
+        with torch.no_grad():
+            _, _, value = model(input_ids=t, attention_mask=torch.ones_like(t))
+        assert r["tokens"] == len(d["input_ids"])
+        assert r["score"] == pytest.approx(value[0, -1].item(), abs=1e-5)
+
+
+def test_valid_pad_id() -> None:
+    from vhtool.models.scoring.load import valid_pad_id
+
+    assert valid_pad_id(5, 1000) == 5 and valid_pad_id([7, 8], 1000) == 7
+    for bad in (50256, 1000, -1, None, [], True, "0"):
+        assert valid_pad_id(bad, 1000) == 0

@@ -1,16 +1,18 @@
-"""``vhtool verify``: the integrity of a checkpoint, checked from its files (and, on request, one forward pass).
+"""``vhtool verify``: the integrity of a checkpoint, checked from its files.
 
 Every check becomes a :class:`Check` (name, ok, detail); a malformed file is a failed check, never an
 exception, so one run lists everything that is wrong. Only a path that is not a checkpoint at all
 (missing, not a directory, no ``config.json``) raises :class:`~vhtool.errors.InputError` (exit 2).
-Nothing here imports torch unless ``forward=True``.
+Nothing here imports torch: ``verify --forward`` (one tiny batch through the model) lives in the torch world,
+``models/smoke.py``, which adds its checks to a :class:`VerifyResult` (see :meth:`VerifyResult.with_checks`);
+the CLI composes the two.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +65,28 @@ class VerifyResult:
     forward: bool = False
     hashed: bool = False
     notes: list[str] = field(default_factory=list)
+    #: What the file checks read (``{}`` when unreadable), for checks that build on them; not in :meth:`to_json`.
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
+
+    def with_checks(self, checks: Sequence[Check], *, forward: bool | None = None) -> VerifyResult:
+        """This result with ``checks`` appended (``ok`` recomputed), e.g. the forward checks of ``verify --forward``.
+
+        Args:
+            checks: the checks to add, after the file checks.
+            forward: set the ``forward`` flag (``None``: keep it).
+        """
+        merged = [*self.checks, *checks]
+        return replace(
+            self,
+            checks=merged,
+            ok=all(c.ok for c in merged),
+            forward=self.forward if forward is None else forward,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,13 +100,14 @@ class VerifyResult:
         }
 
 
-def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, hash_all: bool = False) -> VerifyResult:
+def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -> VerifyResult:
     """Checks a checkpoint directory against its ``vhtool.json`` and its own index and headers.
+
+    The forward checks of ``verify --forward`` live in the torch world (``models/smoke.py``) and are added to
+    this result by the CLI.
 
     Args:
         path: the checkpoint directory.
-        forward: also load the model (torch) and run one tiny batch on the CPU: finite logits and
-            values, and base logits equal to the recorded local or built-in source's, when it still exists.
         hash_all: also hash weight files recorded without a sha256 (linked files).
 
     Returns:
@@ -119,15 +140,16 @@ def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, ha
     _run(checks, "value_head", lambda: _check_value_head(ckpt, hidden, role=role, convention=convention))
     if manifest is not None and manifest.get("reward_adapter") is not None:
         checks.extend(_check_reward_adapter(root, manifest["reward_adapter"], hidden, hash_all=hash_all))
-    if forward:
-        if all(c.ok for c in checks):
-            checks.extend(_forward_checks(root, config or {}, manifest or {}))
-        else:
-            checks.append(Check("forward", False, "not run: the checkpoint failed the file checks above."))
     if hash_all:
         notes.append("every weight file was hashed")
     return VerifyResult(
-        path=root, ok=all(c.ok for c in checks), checks=checks, forward=forward, hashed=hash_all, notes=notes
+        path=root,
+        ok=all(c.ok for c in checks),
+        checks=checks,
+        hashed=hash_all,
+        notes=notes,
+        config=config or {},
+        manifest=manifest or {},
     )
 
 
@@ -386,101 +408,3 @@ def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[s
         if not bool(np.isfinite(values).all()):
             raise _SkipCheck("the adapter's score head holds NaN/inf values.")
     return (f"{name!s} in {sub}/ ({cfg['peft_type']}), score head {list(shape)}",)
-
-
-# --------------------------------------------------------------------------------------------- forward (torch)
-
-
-def _source_dir(manifest: dict[str, Any]) -> Path | None:
-    """The recorded source as a local directory, when it is a local path or a built-in that still exists."""
-    source = manifest.get("source")
-    if not isinstance(source, dict):
-        return None
-    kind = source.get("kind")
-    if kind == "local" and isinstance(source.get("path"), str):
-        p = Path(source["path"])
-        return p if (p / "config.json").is_file() else None
-    if kind == "builtin" and isinstance(source.get("model"), str):
-        from vhtool.hub import resolve_source
-
-        try:
-            return resolve_source(source["model"]).path
-        except VhtoolError:
-            return None
-    return None
-
-
-def _forward_checks(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
-    """Loads the model and its source (quietly: no loading bars on stderr) and compares one batch."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        return _forward_batch(root, config, manifest)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _forward_batch(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
-    try:
-        import warnings
-
-        import torch
-
-        from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-
-        arch = manifest.get("architecture")
-        seq2seq = arch == "seq2seq" if arch in ("causal", "seq2seq") else bool(config.get("is_encoder_decoder"))
-        cls = AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls.from_pretrained(str(root))
-        model.eval()
-        vocab = int(getattr(model.pretrained_model.config, "vocab_size", 0) or config.get("vocab_size") or 2)
-        ids = (torch.arange(2 * 6).reshape(2, 6) * 7 + 3) % max(vocab, 1)
-        extra = {"decoder_input_ids": ids[:, :4]} if seq2seq else {}
-        with torch.no_grad():
-            logits, _, value = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
-        problems = []
-        if not getattr(model, "v_head_loaded", True):
-            problems.append("the value head was not loaded from the checkpoint")
-        if not bool(torch.isfinite(logits).all()):
-            problems.append("logits hold NaN/inf")
-        if not bool(torch.isfinite(value).all()):
-            problems.append("values hold NaN/inf")
-        if tuple(value.shape) != tuple(logits.shape[:2]):
-            problems.append(f"values have shape {list(value.shape)}, expected {list(logits.shape[:2])}")
-        detail = f"logits {list(logits.shape)}, values {list(value.shape)}, finite"
-        checks.append(Check("forward", not problems, "; ".join(problems) if problems else detail))
-    except Exception as exc:  # a model that does not load or run is a failed check, not a crash
-        checks.append(Check("forward", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
-        return checks
-
-    src = _source_dir(manifest)
-    if src is None:
-        checks.append(Check("source logits", True, "not compared: no local or built-in source recorded that exists"))
-        return checks
-    try:
-        import transformers as tf
-
-        auto = tf.AutoModelForSeq2SeqLM if seq2seq else tf.AutoModelForCausalLM
-        base = auto.from_pretrained(str(src)).eval()
-        with torch.no_grad():
-            ref = base(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits.float()
-        if ref.shape != logits.shape:
-            checks.append(
-                Check("source logits", False, f"shape {list(logits.shape)} vs the source's {list(ref.shape)}")
-            )
-        elif torch.equal(ref, logits):
-            checks.append(Check("source logits", True, f"equal to {src}'s"))
-        else:
-            diff = float((ref - logits).abs().max())
-            checks.append(Check("source logits", False, f"differ from {src}'s by up to {diff:.3g}"))
-    except Exception as exc:
-        checks.append(
-            Check("source logits", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        )
-    return checks

@@ -181,15 +181,12 @@ def score_command(
     Under `torchrun --nproc-per-node K -m vhtool score ...` (or `accelerate launch -m vhtool score ...`) the
     K ranks share the planned batches; rank 0 writes the one output, byte-identical to a single process's.
     """
-    from vhtool.models.distributed import detect_distributed, score_dataset_distributed
-    from vhtool.models.scoring import (
-        InputSpec,
-        ScoredRecord,
-        ScoreOptions,
-        ScoreSummary,
-        SkippedRecord,
-        score_dataset,
-    )
+    from vhtool.models.scoring.distributed import score_dataset_distributed
+    from vhtool.models.scoring.inputs import InputSpec
+    from vhtool.models.scoring.options import ScoreOptions
+    from vhtool.models.scoring.ranks import detect_distributed
+    from vhtool.models.scoring.results import ScoredRecord, ScoreSummary, SkippedRecord
+    from vhtool.models.scoring.run import score_dataset
 
     env = detect_distributed()
     worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job

@@ -45,6 +45,7 @@ from vhtool.checkpoint.adapter_op import (
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import safe_member
 from vhtool.errors import CheckpointError, InputError
+from vhtool.models.hidden import LastHidden, mapped_output_device
 
 _BINDINGS_ATTR = "_vhtool_reward_bindings"
 
@@ -192,8 +193,6 @@ def _reward_peft_config(info: AdapterInfo) -> Any:
 
 
 def _output_device(hf_model: Any) -> torch.device:
-    from vhtool.models.value_head import mapped_output_device
-
     mapped = mapped_output_device(hf_model)  # under accelerate's device map: where the hidden state comes out
     if mapped is not None:
         return mapped
@@ -525,14 +524,12 @@ def compute_reward_score(
             out = backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         else:  # a model that is its own backbone: take the LM head's input
-            from vhtool.models.value_head import _LastHidden
-
             lm_head = hf.get_output_embeddings()
             if lm_head is None:
                 raise InputError(
                     f"{type(hf).__name__}: cannot find its backbone or LM head to read hidden states from."
                 )
-            with _LastHidden(lm_head, "input") as probe:
+            with LastHidden(lm_head, "input") as probe:
                 hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             assert probe.value is not None
             hidden = probe.value
