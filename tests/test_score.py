@@ -376,6 +376,7 @@ BAD = [
     ('{"title": "x"}', "no text, prompt + completion, or input_ids field"),
     ('{"prompt": "only a prompt"}', "has prompt but no completion"),
     ('{"text": "a", "input_ids": [1]}', "ambiguous record"),
+    ('{"text": "a", "prompt": "b"}', "ambiguous record: it has text, prompt; give exactly one of"),
     ('{"input_ids": [1, 99999]}', "input_ids has id 99999, outside the model's vocabulary"),
     ('{"input_ids": "12"}', "input_ids must be a list of integers"),
     ("[1, 2]", "expected a JSON object"),
@@ -569,3 +570,15 @@ def test_valid_pad_id() -> None:
     assert valid_pad_id(5, 1000) == 5 and valid_pad_id([7, 8], 1000) == 7
     for bad in (50256, 1000, -1, None, [], True, "0"):
         assert valid_pad_id(bad, 1000) == 0
+
+
+def test_a_json_array_line_is_never_scored_as_text(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """Sniffing (no .jsonl suffix): a first line that is a JSON array makes the input JSONL, so it is a bad record."""
+    src = tmp_path / "in.data"
+    src.write_text('["a", "b"]\n{"text": "ok"}\n')
+    res = run(ckpts["gpt2"], "-i", src)
+    assert res.exit_code == 2 and "line 1: expected a JSON object, got list" in res.stderr, res.stderr
+    plain = tmp_path / "plain.data"
+    plain.write_text("42\nhello\n")  # JSON scalars are text lines
+    res = run(ckpts["gpt2"], "-i", plain, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["count"] == 2

@@ -57,11 +57,13 @@ class InputSpec:
 
 
 def _sniff(first: str | None) -> str:
+    """JSONL when the first non-empty line is a JSON object or array (an array line is then a bad record,
+    never scored as the text ``[...]``); plain text otherwise (a line like ``42`` or ``"hi"`` is text)."""
     if first is None:
         return "text"
     try:
-        return "jsonl" if isinstance(json.loads(first), dict) else "text"
-    except ValueError:
+        return "jsonl" if isinstance(json.loads(first), (dict, list)) else "text"
+    except (ValueError, RecursionError):
         return "text"
 
 

@@ -84,15 +84,16 @@ class RecordPreparer:
                 raise InputError("empty text")
             return "text", payload
         assert isinstance(payload, dict)
-        has = [k for k in ("input_ids", "text") if k in payload]
-        if "prompt" in payload or "completion" in payload:
-            has.append("prompt")
-        if not has:
+        present = [k for k in ("text", "prompt", "completion", "input_ids") if k in payload]
+        kinds = {"prompt" if k == "completion" else k for k in present}
+        if not kinds:
             raise InputError("no text, prompt + completion, or input_ids field")
-        if len(has) > 1:
-            shown = " and ".join("prompt + completion" if h == "prompt" else h for h in has)
-            raise InputError(f"ambiguous record: it has {shown}; give exactly one of them")
-        field_name = has[0]
+        if len(kinds) > 1:
+            raise InputError(
+                f"ambiguous record: it has {', '.join(present)}; give exactly one of text, prompt + completion "
+                "or input_ids"
+            )
+        field_name = kinds.pop()
         if field_name == "input_ids":
             ids = payload["input_ids"]
             if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
@@ -114,7 +115,7 @@ class RecordPreparer:
             missing = "completion" if "prompt" in payload else "prompt"
             raise InputError(f"has {'prompt' if missing == 'completion' else 'completion'} but no {missing}")
         prompt, completion = payload["prompt"], payload["completion"]
-        if self.join == "concat":
+        if self.join == "concat":  # as given, no separator added (as TRL does): the data carries its spaces
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 raise InputError("--join concat needs prompt and completion strings")
             if not (prompt + completion).strip():
