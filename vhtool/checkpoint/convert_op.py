@@ -34,7 +34,14 @@ from vhtool.checkpoint.conventions import CONVENTIONS, VHEAD_BIAS, VHEAD_WEIGHT,
 from vhtool.checkpoint.copyio import FileRecord, Progress, place_file
 from vhtool.checkpoint.init_op import HEAD_SHARD, copy_aux_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, SINGLE_FILE, Checkpoint, hidden_size, open_checkpoint
-from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.manifest import (
+    ConversionInfo,
+    Manifest,
+    SourceInfo,
+    ValueHeadInfo,
+    files_section,
+    write_manifest,
+)
 from vhtool.checkpoint.safetensors_io import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
@@ -109,7 +116,7 @@ class ConvertResult:
             "head": {"tensors": list(self.head_tensors), "file": self.head_file},
             "layout": self.layout,
             "architectures": list(self.architectures),
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "files": [f.to_json() for f in self.files],
             "lost": self.lost,
             "normalization": self.normalization,
             "warnings": self.warnings,
@@ -266,9 +273,9 @@ def convert_checkpoint(
             f"{ckpt.path}: {head.bias} is {head.bias_dtype} {list(head.bias_shape or ())}; expected [1]."
         )
 
-    src_manifest = ckpt.manifest or {}
-    m_norm = src_manifest.get("normalization")
-    normalization: dict[str, Any] = dict(m_norm) if isinstance(m_norm, dict) else {}
+    src_manifest = ckpt.manifest
+    m_norm = src_manifest.normalization if src_manifest is not None else None
+    normalization: dict[str, Any] = dict(m_norm) if m_norm is not None else {}
     normalization.update({k: ckpt.config[k] for k in NORM_KEYS if k in ckpt.config})
 
     name = head_name or (default_head_name(ckpt.config, to, normalization) if to in CLASSIFIER_TARGETS else "v_head")
@@ -321,9 +328,9 @@ def convert_checkpoint(
             f"{ckpt.path}: target {to} needs an LM head the source does not have (no lm_head.weight and "
             "tie_word_embeddings is false); a value-head policy must also generate."
         )
-    reward = src_manifest.get("reward_adapter")
-    if isinstance(reward, dict):
-        lost.append(f"reward adapter {reward.get('subfolder') or reward.get('name') or '(subfolder)'}")
+    reward = src_manifest.reward_adapter if src_manifest is not None else None
+    if reward is not None:
+        lost.append(f"reward adapter {reward.subfolder or reward.name or '(subfolder)'}")
         warnings.append("the source's reward adapter is not carried over; attach it again with attach-reward-adapter")
 
     config = _target_config(ckpt.config, to=to, head_name=name, normalization=normalization, pad_token_id=pad_token_id)
@@ -362,33 +369,39 @@ def convert_checkpoint(
             meta["total_size"] = total_size
             index = {"metadata": meta, "weight_map": {k: weight_map[k][0] for k in sorted(weight_map)}}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        value_head: dict[str, Any] = {
-            "convention": to,
-            "tensors": [t.name for t in head_out],
-            "file": head_file,
-            "dtype": w_info.dtype,
-            "hidden_size": hidden,
-        }
-        src_vh = src_manifest.get("value_head")
-        if isinstance(src_vh, dict):
-            value_head.update({k: src_vh[k] for k in ("init_strategy", "initializer_range", "seed") if k in src_vh})
-        sections: dict[str, Any] = {
-            "source": _source_record(ckpt, det.convention, src_manifest),
-            "model_dtype": ckpt.dominant_dtype(drop | src_head_names),
-            "layout": layout,
-            "value_head": value_head,
-            "conversion": {
-                "from": det.convention,
-                "to": to,
-                "source_head": [head.weight, *([head.bias] if head.bias else [])],
-                "lost": lost,
-            },
-            "files": files_section(records),
-        }
-        if normalization:
-            sections["normalization"] = normalization
-        arch = "seq2seq" if ckpt.is_encoder_decoder else "causal"
-        write_manifest(tmp, new_manifest(role="policy", architecture=arch, **sections))
+        src_vh = src_manifest.value_head if src_manifest is not None else None
+        value_head = ValueHeadInfo(
+            convention=to,
+            tensors=tuple(t.name for t in head_out),
+            file=head_file,
+            dtype=w_info.dtype,
+            hidden_size=hidden,
+            # how the head was made, when the source recorded it
+            init_strategy=src_vh.init_strategy if src_vh is not None else None,
+            initializer_range=src_vh.initializer_range if src_vh is not None else None,
+            seed=src_vh.seed if src_vh is not None else None,
+        )
+        manifest = Manifest.new(
+            role="policy",
+            architecture="seq2seq" if ckpt.is_encoder_decoder else "causal",
+            source=SourceInfo(
+                model=str(ckpt.path.resolve()),
+                convention=det.convention,
+                origin=src_manifest.source if src_manifest is not None else None,
+            ),
+            model_dtype=ckpt.dominant_dtype(drop | src_head_names),
+            layout=layout,
+            value_head=value_head,
+            conversion=ConversionInfo(
+                source=det.convention,
+                target=to,
+                source_head=(head.weight, *([head.bias] if head.bias else [])),
+                lost=tuple(lost),
+            ),
+            files=files_section(records),
+            normalization=normalization or None,
+        )
+        write_manifest(tmp, manifest)
 
     archs = config.get("architectures")
     return ConvertResult(
@@ -496,14 +509,6 @@ def _target_config(
         if head_name == "value_head" or "value_head_prefix" in config:
             config["value_head_prefix"] = head_name
     return config
-
-
-def _source_record(ckpt: Checkpoint, convention: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"model": str(ckpt.path.resolve()), "convention": convention}
-    origin = manifest.get("source")
-    if isinstance(origin, dict):
-        record["origin"] = origin
-    return record
 
 
 __all__ = [

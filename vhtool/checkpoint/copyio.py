@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vhtool.errors import InputError, OperationError
 
@@ -36,6 +36,10 @@ class FileRecord:
     size: int
     sha256: str | None
     how: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the commands' ``--json`` output lists it: name, size, sha256, how."""
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "how": self.how}
 
 
 def hash_file(path: Path, *, start: int = 0, length: int | None = None, h: hashlib._Hash | None = None) -> str:
