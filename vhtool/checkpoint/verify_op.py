@@ -27,9 +27,9 @@ from vhtool.checkpoint.layout import (
     open_checkpoint,
     read_json_object,
     safe_member,
-    symlinked_files,
 )
-from vhtool.checkpoint.manifest import FORMAT
+from vhtool.checkpoint.manifest import FORMAT, FileEntry, Manifest, RewardAdapterInfo, read_manifest, symlinked_files
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from vhtool.checkpoint.safetensors_io import (
     FLOAT_DTYPES,
     read_header,
@@ -39,8 +39,6 @@ from vhtool.errors import InputError, VhtoolError
 
 #: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class VerifyResult:
     notes: list[str] = field(default_factory=list)
     #: What the file checks read (``{}`` when unreadable), for checks that build on them; not in :meth:`to_json`.
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     @property
     def failures(self) -> list[Check]:
@@ -127,19 +125,19 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
     checks: list[Check] = []
     notes: list[str] = []
     config, hidden = _run(checks, "config", lambda: _check_config(root))
-    manifest = _run(checks, "manifest", lambda: _check_manifest(root))[0]
-    ckpt = _run(checks, "layout", lambda: _check_layout(root))[0]
+    manifest: Manifest | None = _run(checks, "manifest", lambda: _check_manifest(root))[0]
+    ckpt = _run(checks, "layout", lambda: _check_layout(root, manifest))[0]
     if ckpt is not None and ckpt.ignored_weights:
         checks.append(_stale_weights_check(ckpt.ignored_weights))
     _run(checks, "links", lambda: _check_links(root, manifest))
     if manifest is not None:
         checks.extend(_check_files(root, manifest, ckpt, hash_all=hash_all))
-    role = manifest.get("role") if manifest is not None else None
-    vh_entry = manifest.get("value_head") if manifest is not None else None
-    convention = vh_entry.get("convention") if isinstance(vh_entry, dict) else None
+    role = manifest.role if manifest is not None else None
+    vh_entry = manifest.value_head if manifest is not None else None
+    convention = vh_entry.convention if vh_entry is not None else None
     _run(checks, "value_head", lambda: _check_value_head(ckpt, hidden, role=role, convention=convention))
-    if manifest is not None and manifest.get("reward_adapter") is not None:
-        checks.extend(_check_reward_adapter(root, manifest["reward_adapter"], hidden, hash_all=hash_all))
+    if manifest is not None and manifest.reward_adapter is not None:
+        checks.extend(_check_reward_adapter(root, manifest.reward_adapter, hidden, hash_all=hash_all))
     if hash_all:
         notes.append("every weight file was hashed")
     return VerifyResult(
@@ -149,7 +147,7 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
         hashed=hash_all,
         notes=notes,
         config=config or {},
-        manifest=manifest or {},
+        manifest=manifest,
     )
 
 
@@ -186,23 +184,23 @@ def _check_config(root: Path) -> tuple[dict[str, Any], int, str]:
     return config, hidden, f"model_type {kind!s}, hidden size {hidden}"
 
 
-def _check_manifest(root: Path) -> tuple[dict[str, Any], str]:
+def _check_manifest(root: Path) -> tuple[Manifest, str]:
     if not (root / MANIFEST_FILE).is_file():
         raise _SkipCheck(
             f"no {MANIFEST_FILE}: this directory was not written by vhtool, so its files cannot be checked against "
             "recorded hashes (`vhtool init` or `vhtool convert --to vhtool` writes one)."
         )
-    doc = read_json_object(safe_member(root, MANIFEST_FILE, MANIFEST_FILE), MANIFEST_FILE)
-    if doc.get("format") != FORMAT:
-        raise _SkipCheck(f"{MANIFEST_FILE}: format is {doc.get('format')!r}, expected {FORMAT!r}.")
-    files = doc.get("files")
-    if not isinstance(files, dict) or not files:
+    manifest = read_manifest(safe_member(root, MANIFEST_FILE, MANIFEST_FILE))
+    if manifest.format != FORMAT:
+        raise _SkipCheck(f"{MANIFEST_FILE}: format is {manifest.format!r}, expected {FORMAT!r}.")
+    if not manifest.files:
         raise _SkipCheck(f"{MANIFEST_FILE}: no 'files' section recording the weight files.")
-    return doc, f"role {doc.get('role')!s}, {len(files)} weight file(s) recorded"
+    return manifest, f"role {manifest.role!s}, {len(manifest.files)} weight file(s) recorded"
 
 
-def _check_layout(root: Path) -> tuple[Checkpoint, str]:
-    ckpt = open_checkpoint(root)
+def _check_layout(root: Path, manifest: Manifest | None) -> tuple[Checkpoint, str]:
+    # the manifest as the 'manifest' check read it: a malformed one fails there, not here too
+    ckpt = open_checkpoint(root, manifest=manifest)
     kind = f"sharded ({len(ckpt.weight_files)} files)" if ckpt.sharded else "single file"
     return ckpt, f"{kind}, {len(ckpt.tensors)} tensors, index and headers consistent"
 
@@ -217,7 +215,7 @@ def _stale_weights_check(ignored: tuple[str, ...]) -> Check:
     )
 
 
-def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:
+def _check_links(root: Path, manifest: Manifest | None) -> tuple[str]:
     """Every symlink in the tree stays inside it, except weight files recorded as placed by ``--link symlink``."""
     linked = symlinked_files(manifest)
     n_links = 0
@@ -238,27 +236,9 @@ def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:
     return (f"{n_links} link(s), all recorded or inside the checkpoint" if n_links else "no symlinks",)
 
 
-def _file_entry(entry: object) -> tuple[int | None, str | None, str]:
-    """``(size, sha256, problem)`` from a ``files`` entry; ``problem`` is empty when it is well-formed."""
-    if not isinstance(entry, dict):
-        return None, None, "its record is not an object"
-    size, sha = entry.get("size"), entry.get("sha256")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return None, None, f"its recorded size {size!r} is not a byte count"
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        return None, None, f"its recorded sha256 {sha!r} is not a hex digest"
-    return size, sha, ""
-
-
-def _check_one_file(root: Path, name: object, entry: object, *, hash_all: bool) -> Check:
+def _check_one_file(root: Path, name: str, entry: FileEntry, *, hash_all: bool) -> Check:
     label = f"file {name}"
-    if not isinstance(name, str):
-        return Check(label, False, "the recorded file name is not a string.")
-    size, sha, problem = _file_entry(entry)
-    if problem:
-        return Check(label, False, f"{MANIFEST_FILE}: {problem}.")
-    assert size is not None
-    how = entry.get("how") if isinstance(entry, dict) else None
+    size, sha, how = entry.size, entry.sha256, entry.how
     try:
         member = safe_member(root, name, MANIFEST_FILE, allow_link_out=how == "symlink")
     except VhtoolError as exc:
@@ -280,8 +260,8 @@ def _check_one_file(root: Path, name: object, entry: object, *, hash_all: bool) 
     return Check(label, True, f"{size} bytes, sha256 matches")
 
 
-def _check_files(root: Path, manifest: dict[str, Any], ckpt: Checkpoint | None, *, hash_all: bool) -> list[Check]:
-    files = manifest["files"]
+def _check_files(root: Path, manifest: Manifest, ckpt: Checkpoint | None, *, hash_all: bool) -> list[Check]:
+    files = manifest.files
     checks = []
     for name, entry in sorted(files.items()):
         try:
@@ -342,29 +322,20 @@ def _check_value_head(
     return (f"[1, {hidden}] {head.dtype} in {head.file}, finite",)
 
 
-def _check_reward_adapter(root: Path, entry: object, hidden: int | None, *, hash_all: bool) -> list[Check]:
+def _check_reward_adapter(root: Path, entry: RewardAdapterInfo, hidden: int | None, *, hash_all: bool) -> list[Check]:
     checks: list[Check] = []
     _run(checks, "reward_adapter", lambda: _check_adapter_dir(root, entry, hidden))
-    files = entry.get("files") if isinstance(entry, dict) else None
-    subfolder = entry.get("subfolder") if isinstance(entry, dict) else None
+    files, subfolder = entry.files, entry.subfolder
     if files is None:
         return checks
-    items: list[tuple[object, object]]
-    if isinstance(files, dict):
-        items = sorted(files.items(), key=lambda kv: str(kv[0]))
-    elif isinstance(files, list):
-        items = [(f.get("name") if isinstance(f, dict) else f, f) for f in files]
-    else:
-        return [*checks, Check("reward_adapter files", False, "reward_adapter.files is neither a mapping nor a list.")]
+    items = list(files.items()) if entry.files_listed else sorted(files.items())
     for name, rec in items:
         rel = name
-        if isinstance(name, str) and isinstance(subfolder, str) and not name.startswith(subfolder.rstrip("/") + "/"):
+        if subfolder is not None and not name.startswith(subfolder.rstrip("/") + "/"):
             rel = f"{subfolder.rstrip('/')}/{name}"
-        if isinstance(rec, str):  # a bare list of names: existence only
-            rec = None
-        if rec is None:
+        if rec is None:  # a bare list of names: existence only
             try:
-                ok = isinstance(rel, str) and safe_member(root, rel, "reward_adapter").is_file()
+                ok = safe_member(root, rel, "reward_adapter").is_file()
             except VhtoolError as exc:
                 checks.append(Check(f"file {rel}", False, str(exc)))
                 continue
@@ -377,13 +348,11 @@ def _check_reward_adapter(root: Path, entry: object, hidden: int | None, *, hash
     return checks
 
 
-def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[str]:
-    if not isinstance(entry, dict):
-        raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter must be an object with name and subfolder.")
-    name, sub = entry.get("name"), entry.get("subfolder")
-    if not isinstance(name, str) or not name:
+def _check_adapter_dir(root: Path, entry: RewardAdapterInfo, hidden: int | None) -> tuple[str]:
+    name, sub = entry.name, entry.subfolder
+    if not name:
         raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.name is missing.")
-    if not isinstance(sub, str) or not sub:
+    if not sub:
         raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.subfolder is missing.")
     folder = safe_member(root, sub.rstrip("/"), "reward_adapter.subfolder")
     if not folder.is_dir():

@@ -53,7 +53,7 @@ def attach_command(
     subfolder --adapter-name, and a vhtool.json entry, so `AutoModelForCausalLMWithValueHead.from_pretrained(OUT)`
     can call `compute_reward_score` at once. Default OUT: <POLICY>-with-reward.
     """
-    from vhtool.checkpoint.adapter_op import attach_reward_adapter, default_output_name
+    from vhtool.checkpoint.attach_op import attach_reward_adapter, default_output_name
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)

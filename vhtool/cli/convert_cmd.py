@@ -60,7 +60,7 @@ def convert_command(
     config.json gets the target's architectures and num_labels=1. Information the target cannot hold
     is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>.
     """
-    from vhtool.checkpoint.convert_op import convert_checkpoint, default_output_name
+    from vhtool.checkpoint.convert import convert_checkpoint, default_output_name
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)

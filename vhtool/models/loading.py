@@ -15,13 +15,14 @@ from typing import Any
 
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
-    MANIFEST_FILE,
     SIDECAR_FILE,
     SINGLE_FILE,
     conflicting_weight_files,
+    read_local_manifest,
     safe_member,
-    symlinked_files,
 )
+from vhtool.checkpoint.manifest import Manifest, RewardAdapterInfo, read_manifest, symlinked_files
+from vhtool.checkpoint.names import ADAPTER_CONFIG, MANIFEST_FILE
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.errors import CheckpointError, InputError
 from vhtool.hub.download import cached_snapshot, download_file, reachable
@@ -40,12 +41,12 @@ class Resolved:
     token: Any = None
     cache_dir: str | None = None
     adapter_config_dir: Path | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
     @property
-    def manifest_reward(self) -> dict[str, Any] | None:
-        entry = (self.manifest or {}).get("reward_adapter")
-        return entry if isinstance(entry, dict) else None
+    def manifest_reward(self) -> RewardAdapterInfo | None:
+        """The reward adapter the checkpoint's ``vhtool.json`` records, if any."""
+        return self.manifest.reward_adapter if self.manifest is not None else None
 
 
 def resolve_pretrained(
@@ -69,9 +70,9 @@ def resolve_pretrained(
         snap = cached_snapshot(name, revision=revision, cache_dir=cache_dir)
         return _local(name, snap.path)
     kw = {"revision": revision, "token": token, "cache_dir": cache_dir}
-    adapter_file = download_file(name, "adapter_config.json", **kw)
+    adapter_file = download_file(name, ADAPTER_CONFIG, **kw)
     manifest_file = download_file(name, MANIFEST_FILE, **kw)
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file else None
+    manifest = read_manifest(manifest_file) if manifest_file else None
     return Resolved(
         name=name,
         load_from=name,
@@ -90,10 +91,8 @@ def _local(name: str, path: Path) -> Resolved:
         raise InputError(f"{path}: not a model directory.")
     for st in sorted(path.glob("*.safetensors")):
         read_header(st)  # a corrupt or truncated file fails here with a clear message, before transformers
-    adapter = path if (path / "adapter_config.json").is_file() else None
-    manifest = None
-    if (path / MANIFEST_FILE).is_file():
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    adapter = path if (path / ADAPTER_CONFIG).is_file() else None
+    manifest = read_local_manifest(path)
     return Resolved(
         name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
     )

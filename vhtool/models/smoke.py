@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vhtool.checkpoint.manifest import Manifest
 from vhtool.checkpoint.verify_op import Check, VerifyResult
 from vhtool.errors import VhtoolError
 from vhtool.hub import resolve_source
@@ -38,30 +39,29 @@ def verify_forward(result: VerifyResult) -> VerifyResult:
     )
 
 
-def _source_dir(manifest: Mapping[str, Any]) -> Path | None:
+def _source_dir(manifest: Manifest | None) -> Path | None:
     """The recorded source as a local directory, when it is a local path or a built-in that still exists."""
-    source = manifest.get("source")
-    if not isinstance(source, dict):
+    source = manifest.source if manifest is not None else None
+    if source is None:
         return None
-    kind = source.get("kind")
-    if kind == "local" and isinstance(source.get("path"), str):
-        p = Path(source["path"])
+    if source.kind == "local" and source.path is not None:
+        p = Path(source.path)
         return p if (p / "config.json").is_file() else None
-    if kind == "builtin" and isinstance(source.get("model"), str):
+    if source.kind == "builtin" and source.model is not None:
         try:
-            return resolve_source(source["model"]).path
+            return resolve_source(source.model).path
         except VhtoolError:
             return None
     return None
 
 
-def forward_checks(root: Path, *, config: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[Check]:
+def forward_checks(root: Path, *, config: Mapping[str, Any], manifest: Manifest | None) -> list[Check]:
     """Loads the model and its source (quietly: no loading bars on stderr) and compares one batch.
 
     Args:
         root: the checkpoint directory.
         config: its ``config.json`` (as the file checks read it).
-        manifest: its ``vhtool.json`` (``{}`` when it has none): the architecture and the recorded source.
+        manifest: its ``vhtool.json`` (None when it has none): the architecture and the recorded source.
 
     Returns:
         ``forward`` (the model loads, runs, and gives finite logits and values of the right shapes) and
@@ -79,10 +79,10 @@ def forward_checks(root: Path, *, config: Mapping[str, Any], manifest: Mapping[s
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _forward_batch(root: Path, config: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[Check]:
+def _forward_batch(root: Path, config: Mapping[str, Any], manifest: Manifest | None) -> list[Check]:
     checks: list[Check] = []
     try:
-        arch = manifest.get("architecture")
+        arch = manifest.architecture if manifest is not None else None
         seq2seq = arch == "seq2seq" if arch in ("causal", "seq2seq") else bool(config.get("is_encoder_decoder"))
         cls = AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead
         with warnings.catch_warnings():
