@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -267,6 +268,10 @@ def test_os_failures_on_the_output_are_one_clean_line(
     for raw in ("FileNotFoundError", "PermissionError", "NotADirectoryError", "Traceback", "Errno"):
         assert raw not in res.stderr
     assert tree_bytes(project) == before
+    suggested = re.search(r"\((mkdir -p [^)]+)\)", res.stderr)
+    if suggested:  # the suggestion works: after it, the same command succeeds
+        subprocess.run(suggested.group(1), shell=True, cwd=project, check=True)
+        assert vhtool_run(*argv, cwd=project).returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,7 @@ def check_output_target(
     if not parent.is_dir():
         if parent.exists() or any(p.exists() and not p.is_dir() for p in parent.parents):
             raise InputError(f"{shown}: a parent of the output is a file, not a directory.")
-        raise InputError(f"{parent}: the output's parent directory does not exist.")
+        raise InputError(f"{parent}: the output's parent directory does not exist; create it (mkdir -p {parent}).")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{parent}: not writable; choose another output with -o.")
     return Path(os.path.normpath(spelled))

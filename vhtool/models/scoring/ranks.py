@@ -248,6 +248,12 @@ class ProcessGroup:
         import torch.distributed as dist
 
         if self.owned and dist.is_initialized():
+            # Every rank reaches this point before any tears its connections down: gloo aborts a process
+            # ("terminate called without an active exception") whose peer is destroyed mid-exchange.
+            try:
+                dist.barrier(group=self.group)
+            except Exception:  # a peer already gone: nothing left to wait for
+                pass
             dist.destroy_process_group()
 
 
