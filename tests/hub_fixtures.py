@@ -113,8 +113,9 @@ def patch_huggingface_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str, token:
     for attribute, patched in patched_constants.items():
         monkeypatch.setattr(constants, attribute, patched, raising=False)
 
-    # Redirect-following trusts a fixed set of origins computed at import time.
-    monkeypatch.setattr(hf_http, "_HUB_ORIGINS", frozenset(hf_http._HUB_ORIGINS | {hf_http._url_origin(endpoint)}))
+    # Redirect-following trusts a fixed set of origins computed at import time (huggingface_hub >= 2.2 only).
+    if hasattr(hf_http, "_HUB_ORIGINS"):
+        monkeypatch.setattr(hf_http, "_HUB_ORIGINS", frozenset(hf_http._HUB_ORIGINS | {hf_http._url_origin(endpoint)}))
 
     # `huggingface_hub.create_repo`, `upload_folder`, ... are bound methods of this import-time HfApi instance.
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
