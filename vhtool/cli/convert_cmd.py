@@ -31,7 +31,7 @@ else:
     HeadName = choice_enum("HeadName", HEAD_NAMES)
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-llama -o policy",
+    "vhtool init builtin:tiny-gpt2 --v-head-init normal -o policy",
     "vhtool convert policy --to seq-cls",
     "vhtool convert policy-seq-cls --to vhtool -o policy-again",
     "vhtool convert policy --to token-cls --head-name score --json",
