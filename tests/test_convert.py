@@ -433,9 +433,9 @@ def test_non_scalar_head_refused(work: Path, cli: Callable[..., Any]) -> None:
     ("args", "message"),
     [
         (["--to", "vhtool"], "already in the vhtool convention"),
-        (["--to", "onnx"], "unknown --to 'onnx'"),
+        (["--to", "onnx"], "'onnx' is not one of 'vhtool', 'sidecar', 'seq-cls', 'token-cls'"),
         (["--to", "vhtool", "--head-name", "score"], "--head-name applies to --to seq-cls or token-cls"),
-        (["--to", "seq-cls", "--head-name", "reward"], "unknown --head-name 'reward'"),
+        (["--to", "seq-cls", "--head-name", "reward"], "'reward' is not one of 'score', 'value_head', 'classifier'"),
         (["--to", "seq-cls", "--pad-token-id", "-1"], "--pad-token-id must be >= 0"),
     ],
 )
