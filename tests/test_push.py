@@ -78,10 +78,11 @@ def _tree_digest(root: Path) -> dict[str, tuple[int, str, float]]:
 
 
 def _local_files(root: Path) -> dict[str, bytes]:
+    """The files a push publishes: all but dotfiles and vhtool's built-in marker (never published)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and p.name != "builtin.json"
     }
 
 
