@@ -38,10 +38,10 @@ CHOICE_OPTIONS = (
 
 def _choices() -> list[tuple[str, str, tuple[str | None, ...], list[str]]]:
     """(command, option, the core's allowed values, arguments that make the rest of the line valid)."""
-    from vhtool.checkpoint.convert_op import HEAD_NAMES, TARGETS
+    from vhtool.checkpoint.convert import HEAD_NAMES, TARGETS
     from vhtool.checkpoint.copyio import LINK_MODES
     from vhtool.checkpoint.init_op import INIT_STRATEGIES
-    from vhtool.models.scoring import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
+    from vhtool.models.scoring.options import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
 
     missing = ["no-such-model-anywhere"]  # resolving it would fail (exit 2 too): the parser must speak first
     return [

@@ -287,8 +287,33 @@ def test_peft_save_writes_safetensors_head_into_a_new_directory(saved_model: Any
     target = tmp_path / "new" / "adapter"
     model.save_pretrained(target)
     names = sorted(p.name for p in target.iterdir())
-    assert "value_head.safetensors" in names and "adapter_model.safetensors" in names
+    assert "model.safetensors" in names and "adapter_model.safetensors" in names
     assert not [n for n in names if n.endswith((".bin", ".pt"))]
+
+
+def test_peft_save_is_read_by_trl_with_the_same_head(saved_model: Any, tmp_path: Path) -> None:
+    """TRL 1.12.0 reads a PEFT folder's value head from its model.safetensors: vhtool writes it there."""
+    import torch
+    from peft import LoraConfig
+    from trl.experimental.ppo import AutoModelForCausalLMWithValueHead as TrlCausal
+
+    cfg = LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    model = load_quiet(vhtool.AutoModelForCausalLMWithValueHead, saved_model("gpt2"), peft_config=cfg)
+    with torch.no_grad():
+        model.v_head.summary.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        model.v_head.summary.bias.fill_(0.5)
+    target = tmp_path / "adapter"
+    model.save_pretrained(target)
+    theirs = TrlCausal.from_pretrained(str(target))
+    ours = load_quiet(vhtool.AutoModelForCausalLMWithValueHead, target)
+    assert theirs.is_peft_model and ours.is_peft_model and ours.v_head_loaded
+    for other in (theirs, ours):
+        for k, v in model.v_head.state_dict().items():
+            assert torch.equal(other.v_head.state_dict()[k], v), k
+    ids = torch.tensor([[1, 2, 3, 4]])
+    theirs.eval(), ours.eval()
+    with torch.no_grad():
+        assert torch.allclose(theirs(input_ids=ids)[2], ours(input_ids=ids)[2], atol=1e-5)
 
 
 # ---------------------------------------------------------------- create_reference_model
@@ -410,3 +435,30 @@ def test_reference_peak_memory_is_below_a_deep_copy(tmp_path: Path) -> None:
     # TRL deep-copies everything (~model size); vhtool copies only block 7, the final norm and the head.
     assert grow["trl"] > 0.8 * model_bytes
     assert grow["vhtool"] < 0.35 * grow["trl"]
+
+
+def test_trl_peft_save_is_read_by_vhtool_only_with_consent(saved_model: Any, tmp_path: Path) -> None:
+    """TRL 1.12.0 pickles a PEFT policy's value head into pytorch_model.bin: read only with allow_pickle=True."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig
+    from trl.experimental.ppo import AutoModelForCausalLMWithValueHead as TrlCausal
+
+    cfg = LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    theirs = TrlCausal.from_pretrained(str(saved_model("gpt2")), peft_config=cfg)
+    with torch.no_grad():
+        theirs.v_head.summary.bias.fill_(0.25)
+    target = tmp_path / "trl-adapter"
+    target.mkdir()  # TRL torch.save()s into the folder before PEFT creates it
+    theirs.save_pretrained(str(target))
+    assert (target / "pytorch_model.bin").is_file()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(target))
+    assert not refused.v_head_loaded
+    assert any("pickle" in str(w.message) and "allow_pickle=True" in str(w.message) for w in caught)
+    ours = load_quiet(vhtool.AutoModelForCausalLMWithValueHead, target, allow_pickle=True)
+    assert ours.v_head_loaded and ours.is_peft_model
+    for k, v in theirs.v_head.state_dict().items():
+        assert torch.equal(ours.v_head.state_dict()[k], v), k

@@ -44,7 +44,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sharded": _init(base / "sharded", link="hardlink"),
     }
     out["adapter"] = _make_reward_adapter(base / "adapter")
-    from vhtool.checkpoint.adapter_op import attach_reward_adapter
+    from vhtool.checkpoint.attach_op import attach_reward_adapter
 
     attach_reward_adapter(out["policy"], out["adapter"], base / "with-reward", durable=False)
     out["with_reward"] = base / "with-reward"

@@ -474,7 +474,7 @@ def test_refuses_adapter_for_another_hidden_size(
     _assert_refused(res, out, "hidden size 64", "hidden size 32")
     # without its score head's width to go by, the LoRA shapes still disagree
     no_cfg = _edit_adapter(bad, tmp_path / "wide-rm2", config={"base_model_name_or_path": "gone/x"})
-    from vhtool.checkpoint.adapter_op import check_fit, inspect_adapter
+    from vhtool.checkpoint.adapter import check_fit, inspect_adapter
     from vhtool.checkpoint.layout import open_checkpoint
     from vhtool.errors import InputError
 
@@ -625,7 +625,7 @@ def test_file_world_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, vhtool.checkpoint.adapter_op, vhtool.cli.attach_cmd; "
+        "import sys, vhtool.checkpoint.adapter, vhtool.checkpoint.attach_op, vhtool.cli.attach_cmd; "
         "print('torch' in sys.modules, 'peft' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

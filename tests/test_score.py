@@ -376,6 +376,7 @@ BAD = [
     ('{"title": "x"}', "no text, prompt + completion, or input_ids field"),
     ('{"prompt": "only a prompt"}', "has prompt but no completion"),
     ('{"text": "a", "input_ids": [1]}', "ambiguous record"),
+    ('{"text": "a", "prompt": "b"}', "ambiguous record: it has text, prompt; give exactly one of"),
     ('{"input_ids": [1, 99999]}', "input_ids has id 99999, outside the model's vocabulary"),
     ('{"input_ids": "12"}', "input_ids must be a list of integers"),
     ("[1, 2]", "expected a JSON object"),
@@ -510,3 +511,74 @@ def test_cli_module_does_not_import_torch() -> None:
 
     code = "import sys, vhtool.cli.score_cmd; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------- padding ids
+def _gpt2_vocab_1000(root: Path, tokenizer: str) -> Path:
+    """A random GPT-2 with ``vocab_size=1000`` and GPT-2's default eos/bos 50256, outside the embedding.
+
+    ``tokenizer``: ``none`` (padding falls back to the config's eos) or ``eos-out-of-range`` (a word-level
+    tokenizer of ids < 1000 whose eos is 50256, as in GPT-2's own tokenizer; no pad token, so eos pads).
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=2)
+    assert cfg.eos_token_id == 50256 and cfg.pad_token_id is None
+    src = root / f"gpt2-vocab1000-{tokenizer}"
+    GPT2LMHeadModel(cfg).save_pretrained(src)
+    if tokenizer == "eos-out-of-range":
+        vocab = {f"w{k}": k for k in range(1000)} | {"<|endoftext|>": 50256}
+        tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
+        tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="w0")
+        assert fast.pad_token_id is None and fast.eos_token_id == 50256
+        fast.save_pretrained(src)
+    return _init(str(src), root / f"{src.name}-vh")
+
+
+@pytest.mark.parametrize("tokenizer", ["none", "eos-out-of-range"])
+def test_pad_id_outside_the_embedding_pads_with_a_valid_id(tokenizer: str, tmp_path: Path) -> None:
+    """eos (50256) as the padding id of a 1000-row embedding: padded batches score like unpadded records."""
+    ckpt = _gpt2_vocab_1000(tmp_path, tokenizer)
+    rng = random.Random(3)
+    docs = [{"input_ids": [rng.randrange(1000) for _ in range(rng.randint(1, 60))]} for _ in range(100)]
+    src = write_jsonl(tmp_path / "ids.jsonl", docs)
+    res = run(ckpt, "-i", src, "--json", "--max-batch-tokens", 500)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["count"] == 100 and doc["summary"]["padding_fraction"] > 0
+    got = doc["records"]
+    assert [r["index"] for r in got] == list(range(100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(ckpt)).eval()
+    for r, d in zip(got, docs, strict=True):
+        t = torch.tensor([d["input_ids"]])
+        with torch.no_grad():
+            _, _, value = model(input_ids=t, attention_mask=torch.ones_like(t))
+        assert r["tokens"] == len(d["input_ids"])
+        assert r["score"] == pytest.approx(value[0, -1].item(), abs=1e-5)
+
+
+def test_valid_pad_id() -> None:
+    from vhtool.models.scoring.load import valid_pad_id
+
+    assert valid_pad_id(5, 1000) == 5 and valid_pad_id([7, 8], 1000) == 7
+    for bad in (50256, 1000, -1, None, [], True, "0"):
+        assert valid_pad_id(bad, 1000) == 0
+
+
+def test_a_json_array_line_is_never_scored_as_text(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """Sniffing (no .jsonl suffix): a first line that is a JSON array makes the input JSONL, so it is a bad record."""
+    src = tmp_path / "in.data"
+    src.write_text('["a", "b"]\n{"text": "ok"}\n')
+    res = run(ckpts["gpt2"], "-i", src)
+    assert res.exit_code == 2 and "line 1: expected a JSON object, got list" in res.stderr, res.stderr
+    plain = tmp_path / "plain.data"
+    plain.write_text("42\nhello\n")  # JSON scalars are text lines
+    res = run(ckpts["gpt2"], "-i", plain, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["count"] == 2

@@ -27,7 +27,9 @@ from typer.testing import CliRunner
 from tests.helpers import json_error
 from vhtool.cli.app import app
 from vhtool.errors import InputError, OperationError
-from vhtool.models.distributed import (
+from vhtool.models.scoring import BadRecordError, InputSpec, ScoreOptions, Scorer, parse_max_memory
+from vhtool.models.scoring.distributed import score_dataset_distributed
+from vhtool.models.scoring.ranks import (
     DistEnv,
     ProcessGroup,
     RankOutcome,
@@ -36,9 +38,7 @@ from vhtool.models.distributed import (
     detect_distributed,
     outcome_from_exception,
     raise_verdict,
-    score_dataset_distributed,
 )
-from vhtool.models.scoring import BadRecordError, InputSpec, ScoreOptions, Scorer, parse_max_memory
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "hex"]
 SMALL_BATCHES = ("--max-batch-tokens", "160")  # several batches per window, so both ranks get some
@@ -381,7 +381,7 @@ def test_heads_go_where_the_last_block_output_is() -> None:
     """The head device read from accelerate's map: the last mapped module in module order (LM head left out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from vhtool.models.value_head import mapped_output_device
+    from vhtool.models.hidden import mapped_output_device
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=50, n_positions=16))
     assert mapped_output_device(model) is None  # no device map: the caller keeps its own placement

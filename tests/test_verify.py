@@ -18,6 +18,7 @@ from tests.helpers import json_error
 from vhtool.checkpoint.safetensors_io import build_header, read_header
 from vhtool.checkpoint.verify_op import VerifyResult, verify_checkpoint
 from vhtool.errors import InputError
+from vhtool.models.smoke import verify_forward
 
 # --------------------------------------------------------------------------------------------- helpers (shared)
 
@@ -453,7 +454,7 @@ def test_forward_compares_with_local_source(cli: Callable[..., Any], policies: d
 
 
 def test_forward_seq2seq_builtin_source(policies: dict[str, Path]) -> None:
-    result = verify_checkpoint(policies["t5"], forward=True)
+    result = verify_forward(verify_checkpoint(policies["t5"]))
     assert result.ok, failed(result)
     assert "tiny-t5" in next(c.detail for c in result.checks if c.name == "source logits")
 
@@ -472,7 +473,7 @@ def test_forward_detects_base_weights_that_differ_from_source(copy_of: Callable[
     manifest = json.loads((ckpt / "vhtool.json").read_text())
     manifest["files"]["model.safetensors"]["sha256"] = hash_file(f)
     (ckpt / "vhtool.json").write_text(json.dumps(manifest))
-    result = verify_checkpoint(ckpt, forward=True)
+    result = verify_forward(verify_checkpoint(ckpt))
     bad = failed(result)
     assert list(bad) == ["source logits"] and "differ from" in bad["source logits"]
 
@@ -480,7 +481,7 @@ def test_forward_detects_base_weights_that_differ_from_source(copy_of: Callable[
 def test_forward_not_run_after_file_failures(copy_of: Callable[[str], Path]) -> None:
     ckpt = copy_of("gpt2")
     set_head_values(ckpt, [float("nan")] * 32)
-    bad = failed(verify_checkpoint(ckpt, forward=True))
+    bad = failed(verify_forward(verify_checkpoint(ckpt)))
     assert "not run" in bad["forward"]
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vhtool.errors import InputError, OperationError
 
@@ -37,21 +38,52 @@ class FileRecord:
     sha256: str | None
     how: str
 
+    def to_json(self) -> dict[str, Any]:
+        """The record as the commands' ``--json`` output lists it: name, size, sha256, how."""
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "how": self.how}
+
+
+def hash_range(
+    fh: io.FileIO,
+    h: hashlib._Hash,
+    *,
+    start: int,
+    length: int,
+    view: memoryview | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Feeds ``length`` bytes of the open file ``fh`` from ``start`` into ``h``, in constant memory.
+
+    Args:
+        fh: a file opened with ``open(path, "rb", buffering=0)``.
+        h: the hash to update.
+        start: the first byte.
+        length: how many bytes.
+        view: a reusable read buffer (8 MiB by default).
+        progress: called with each chunk's byte count.
+
+    Raises:
+        OperationError: the file ends before ``start + length`` (it shrank, or was truncated).
+    """
+    view = view if view is not None else memoryview(bytearray(_HASH_CHUNK))
+    fh.seek(start)
+    remaining = length
+    while remaining > 0:
+        n = fh.readinto(view[: min(len(view), remaining)])
+        if not n:
+            raise OperationError(f"{fh.name}: file shrank while being read.")
+        h.update(view[:n])
+        remaining -= n
+        if progress:
+            progress(n)
+
 
 def hash_file(path: Path, *, start: int = 0, length: int | None = None, h: hashlib._Hash | None = None) -> str:
     """sha256 of ``length`` bytes of ``path`` from ``start`` (whole file by default), in constant memory."""
     h = h or hashlib.sha256()
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
-        remaining = length if length is not None else os.fstat(fh.fileno()).st_size - start
-        while remaining > 0:
-            n = fh.readinto(view[: min(len(buf), remaining)])
-            if not n:
-                raise OperationError(f"{path}: file shrank while being read.")
-            h.update(view[:n])
-            remaining -= n
+        size = length if length is not None else os.fstat(fh.fileno()).st_size - start
+        hash_range(fh, h, start=start, length=size)
     return h.hexdigest()
 
 

@@ -29,7 +29,7 @@ from vhtool.checkpoint.layout import (
     open_checkpoint,
     safe_member,
 )
-from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.manifest import Manifest, SourceInfo, ValueHeadInfo, files_section, write_manifest
 from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
 from vhtool.errors import InputError
@@ -97,7 +97,7 @@ class InitResult:
             "out": str(self.out),
             "layout": self.layout,
             "architecture": self.architecture,
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "files": [f.to_json() for f in self.files],
             "value_head": {"shape": list(self.head_shape), "dtype": self.head_dtype},
             "reinitialised": self.reinitialised,
             "notes": self.notes,
@@ -253,24 +253,24 @@ def init_checkpoint(
                 progress=progress,
                 fsync=durable,
             )
-        doc = new_manifest(
+        manifest = Manifest.new(
             role="policy",
             architecture=arch,
-            source=source,
+            source=SourceInfo.from_json(source, where="source"),
             model_dtype=ckpt.dominant_dtype(drop),
             layout=layout,
-            value_head={
-                "init_strategy": head.strategy,
-                "initializer_range": head.initializer_range,
-                "seed": head.seed,
-                "dtype": "F32",
-                "hidden_size": hidden,
-                "tensors": [VHEAD_WEIGHT, VHEAD_BIAS],
-                "file": records[-1].name,
-            },
+            value_head=ValueHeadInfo(
+                init_strategy=head.strategy,
+                initializer_range=head.initializer_range,
+                seed=head.seed,
+                dtype="F32",
+                hidden_size=hidden,
+                tensors=(VHEAD_WEIGHT, VHEAD_BIAS),
+                file=records[-1].name,
+            ),
             files=files_section(records),
         )
-        write_manifest(tmp, doc)
+        write_manifest(tmp, manifest)
     return InitResult(
         out=out,
         layout=layout,

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vhtool.checkpoint.jsonio import read_json_object as read_json_object
+from vhtool.checkpoint.manifest import Manifest, read_manifest, symlinked_files
+from vhtool.checkpoint.names import MANIFEST_FILE as MANIFEST_FILE
 from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo, read_header
 from vhtool.errors import CheckpointError, InputError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SIDECAR_FILE = "value_head.safetensors"
-MANIFEST_FILE = "vhtool.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 
 #: Files copied from a source checkpoint besides the weights, when present.
@@ -34,21 +37,6 @@ AUX_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """Reads a JSON file that must hold an object; raises :class:`CheckpointError` otherwise."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: {what} is not valid JSON ({exc}).") from exc
-    except RecursionError as exc:
-        raise CheckpointError(f"{path}: {what} is nested too deeply to be valid.") from exc
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: {what} must be a JSON object, got {type(doc).__name__}.")
-    return doc
 
 
 def safe_member(root: Path, name: str, what: str, *, allow_link_out: bool = False) -> Path:
@@ -99,8 +87,12 @@ class Checkpoint:
     tensors: dict[str, TensorLocation]
     index: dict[str, Any] | None = None
     sidecar: SafetensorsHeader | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Weight files present but not loaded, because transformers' precedence (``model.safetensors`` before
+    #: the index) skips them: left behind by a save into an older sharded checkpoint. Loading warns;
+    #: ``verify`` fails naming them.
+    ignored_weights: tuple[str, ...] = ()
 
     @property
     def sharded(self) -> bool:
@@ -127,8 +119,25 @@ class Checkpoint:
         return sum(h.file_size for h in self.headers.values())
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Checkpoint:
+class ManifestRead(enum.Enum):
+    """Marks that :func:`open_checkpoint` reads ``vhtool.json`` itself."""
+
+    FROM_DIRECTORY = "from-directory"
+
+
+def open_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    manifest: Manifest | None | ManifestRead = ManifestRead.FROM_DIRECTORY,
+) -> Checkpoint:
     """Opens a local checkpoint directory by reading only config, index, manifest and headers.
+
+    Args:
+        path: the directory.
+        allow_pickle: only changes the hint given for a directory holding pickle weights only.
+        manifest: the manifest, when the caller has read (or failed to read) it already; by default
+            ``vhtool.json`` is read and type-checked here.
 
     Raises:
         InputError: the path is missing or not a checkpoint directory.
@@ -147,15 +156,16 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
 
     index: dict[str, Any] | None = None
     weight_files: list[str]
-    if (root / INDEX_FILE).is_file():
+    ignored = conflicting_weight_files(root)
+    if (root / SINGLE_FILE).is_file():  # transformers' precedence: the single file wins over an index
+        weight_files = [SINGLE_FILE]
+    elif (root / INDEX_FILE).is_file():
         safe_member(root, INDEX_FILE, "the index")
         index = read_json_object(root / INDEX_FILE, "the safetensors index")
         wmap = index.get("weight_map")
         if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
             raise CheckpointError(f"{root / INDEX_FILE}: weight_map must map tensor names to file names.")
         weight_files = sorted(set(wmap.values()))
-    elif (root / SINGLE_FILE).is_file():
-        weight_files = [SINGLE_FILE]
     else:
         pickles = [n for n in PICKLE_FILES if (root / n).exists()]
         if pickles:
@@ -168,9 +178,8 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
             )
         raise InputError(f"{root}: not a checkpoint (no model.safetensors or model.safetensors.index.json).")
 
-    manifest = None
-    if (root / MANIFEST_FILE).is_file():
-        manifest = read_json_object(safe_member(root, MANIFEST_FILE, "vhtool.json"), "vhtool.json")
+    if isinstance(manifest, ManifestRead):
+        manifest = read_local_manifest(root)
     linked = symlinked_files(manifest)
     headers: dict[str, SafetensorsHeader] = {}
     tensors: dict[str, TensorLocation] = {}
@@ -210,15 +219,35 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         index=index,
         sidecar=sidecar,
         manifest=manifest,
+        ignored_weights=ignored,
     )
 
 
-def symlinked_files(manifest: dict[str, Any] | None) -> set[str]:
-    """Weight files that ``vhtool.json`` records as placed by ``--link symlink`` (links that may leave the folder)."""
-    files = (manifest or {}).get("files")
-    if not isinstance(files, dict):
-        return set()
-    return {n for n, e in files.items() if isinstance(n, str) and isinstance(e, dict) and e.get("how") == "symlink"}
+def conflicting_weight_files(root: Path) -> tuple[str, ...]:
+    """The index and the files it names when a ``model.safetensors`` sits beside them (empty when no conflict).
+
+    transformers loads ``model.safetensors`` first and never reads such an index, so its files are stale
+    leftovers of an older sharded checkpoint (e.g. ``save_pretrained`` into a folder ``vhtool init`` made).
+    """
+    if not ((root / SINGLE_FILE).is_file() and (root / INDEX_FILE).is_file()):
+        return ()
+    try:
+        wmap = json.loads((root / INDEX_FILE).read_text(encoding="utf-8")).get("weight_map") or {}
+        named = sorted({f for f in wmap.values() if isinstance(f, str) and f != SINGLE_FILE})
+    except (OSError, ValueError, AttributeError, RecursionError):
+        named = []
+    return (INDEX_FILE, *[f for f in named if (root / f).exists()])
+
+
+def read_local_manifest(root: Path) -> Manifest | None:
+    """The type-checked ``vhtool.json`` of a local directory, or None when it has none.
+
+    Raises:
+        CheckpointError: the manifest is a link leading outside, unreadable, not JSON, or malformed.
+    """
+    if not (root / MANIFEST_FILE).is_file():
+        return None
+    return read_manifest(safe_member(root, MANIFEST_FILE, MANIFEST_FILE))
 
 
 def hidden_size(config: dict[str, Any]) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from vhtool._version import __version__
+from vhtool.checkpoint.manifest import Manifest, SourceInfo
 
 CARD_FILE = "README.md"
 #: Marks a model card written by vhtool: only such a card on the remote is replaced by a newly generated one.
@@ -21,14 +23,29 @@ def _hub_id(model: object) -> str | None:
     return model if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", model) else None
 
 
-def render_model_card(repo_id: str, manifest: dict[str, Any] | None, config: dict[str, Any]) -> str:
-    """The ``README.md`` of a pushed checkpoint: YAML metadata and how to load it. Deterministic, no secrets."""
-    m = manifest or {}
-    raw_source = m.get("source")
-    source: dict[str, Any] = raw_source if isinstance(raw_source, dict) else {}
-    base = _hub_id(source.get("model")) if source.get("kind") == "hub" else None
-    role = m.get("role") if m.get("role") in ("policy", "reference") else "policy"
-    arch = m.get("architecture") or ("seq2seq" if config.get("is_encoder_decoder") else "causal")
+def _or_unknown(value: object) -> object:
+    """``value``, or ``?`` when the manifest does not record it."""
+    return "?" if value is None else value
+
+
+def render_model_card(repo_id: str, manifest: Manifest | Mapping[str, Any] | None, config: dict[str, Any]) -> str:
+    """The ``README.md`` of a pushed checkpoint: YAML metadata and how to load it. Deterministic, no secrets.
+
+    Args:
+        repo_id: the repo it is pushed to.
+        manifest: the checkpoint's ``vhtool.json``, typed or as parsed JSON (None when it has none).
+        config: its ``config.json``.
+
+    Raises:
+        CheckpointError: ``manifest`` is parsed JSON that is not a well-typed manifest.
+    """
+    if isinstance(manifest, Mapping):
+        manifest = Manifest.from_json(dict(manifest))
+    m = manifest if manifest is not None else Manifest()
+    source = m.source if m.source is not None else SourceInfo()
+    base = _hub_id(source.model) if source.kind == "hub" else None
+    role = m.role if m.role in ("policy", "reference") else "policy"
+    arch = m.architecture or ("seq2seq" if config.get("is_encoder_decoder") else "causal")
     cls = "AutoModelForSeq2SeqLMWithValueHead" if arch == "seq2seq" else "AutoModelForCausalLMWithValueHead"
     plain = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
     name = repo_id.split("/")[-1]
@@ -39,18 +56,18 @@ def render_model_card(repo_id: str, manifest: dict[str, Any] | None, config: dic
         meta.append(f"base_model: {base}")
     meta.append("---")
 
-    if source.get("kind") == "builtin":
-        origin = f"the built-in tiny model `{source.get('model')}`"
+    if source.kind == "builtin":
+        origin = f"the built-in tiny model `{source.model}`"
     elif base:
         origin = f"[{base}](https://huggingface.co/{base})"
-        if isinstance(source.get("revision"), str):
-            origin += f" (revision `{source['revision']}`)"
+        if source.revision is not None:
+            origin += f" (revision `{source.revision}`)"
     else:
         origin = "a local model"
     model_type = config.get("model_type", "unknown")
     what = (
         f"A **{role}** checkpoint for RLHF (PPO), built with vhtool "
-        f"{m.get('vhtool_version', __version__)} from {origin} (`{model_type}`, {arch})."
+        f"{m.vhtool_version or __version__} from {origin} (`{model_type}`, {arch})."
     )
     if role == "reference":
         what += " It is a frozen reference model."
@@ -65,28 +82,28 @@ def render_model_card(repo_id: str, manifest: dict[str, Any] | None, config: dic
     body += [f"from transformers import {plain}", "", f'model = {plain}.from_pretrained("{repo_id}")', "```", ""]
 
     details = []
-    vh = m.get("value_head")
-    if isinstance(vh, dict):
+    vh = m.value_head
+    if vh is not None:
         details.append(
-            f"- Value head: initialised `{vh.get('init_strategy', '?')}`, initializer range "
-            f"{vh.get('initializer_range', '?')}, seed {vh.get('seed', '?')}, dtype {vh.get('dtype', '?')}, "
-            f"hidden size {vh.get('hidden_size', '?')}."
+            f"- Value head: initialised `{_or_unknown(vh.init_strategy)}`, initializer range "
+            f"{_or_unknown(vh.initializer_range)}, seed {_or_unknown(vh.seed)}, dtype {_or_unknown(vh.dtype)}, "
+            f"hidden size {_or_unknown(vh.hidden_size)}."
         )
-    ref = m.get("reference")
-    if isinstance(ref, dict):
-        n = ref.get("shared_layers")
-        pattern = ref.get("pattern")
+    ref = m.reference
+    if ref is not None:
+        n = ref.shared_layers
+        pattern = ref.pattern
         shared = f"shares its embeddings and first {n} layer(s) with the policy" if n else "is a full frozen copy"
         details.append(f"- Reference: {shared}" + (f" (block pattern `{pattern}`)." if pattern else "."))
-    ra = m.get("reward_adapter")
-    if isinstance(ra, dict):
+    ra = m.reward_adapter
+    if ra is not None:
         details.append(
-            f"- Reward adapter: PEFT {ra.get('peft_type') or 'LoRA'} adapter `{ra.get('name')}` in the subfolder "
-            f"`{ra.get('subfolder')}/`; vhtool loads it with the model, and `model.compute_reward_score(input_ids, "
+            f"- Reward adapter: PEFT {ra.peft_type or 'LoRA'} adapter `{ra.name}` in the subfolder "
+            f"`{ra.subfolder}/`; vhtool loads it with the model, and `model.compute_reward_score(input_ids, "
             "attention_mask)` scores with it."
         )
-    if m.get("model_dtype"):
-        details.append(f"- Weights: {m.get('layout', 'safetensors')} safetensors, dtype {m['model_dtype']}.")
+    if m.model_dtype:
+        details.append(f"- Weights: {m.layout or 'safetensors'} safetensors, dtype {m.model_dtype}.")
     if details:
         body += ["## Details", "", *details, ""]
     body += ["`vhtool.json` records how this checkpoint was made and the sha256 of every weight file.", ""]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import (
@@ -15,8 +14,8 @@ from vhtool.checkpoint.layout import (
     Checkpoint,
     open_checkpoint,
     safe_member,
-    symlinked_files,
 )
+from vhtool.checkpoint.manifest import Manifest, symlinked_files
 from vhtool.checkpoint.model_card import CARD_FILE
 from vhtool.errors import CheckpointError, VerificationError
 
@@ -65,19 +64,17 @@ def verify_for_push(path: Path) -> Checkpoint:
     return ckpt
 
 
-def _recorded_sha(manifest: dict[str, Any] | None, name: str) -> str | None:
+def _recorded_sha(manifest: Manifest | None, name: str) -> str | None:
     """The sha256 ``vhtool.json`` records for ``name`` (already checked by verify), if any."""
-    m = manifest or {}
-    files = m.get("files")
-    entry = files.get(name) if isinstance(files, dict) else None
-    if entry is None:
-        ra = m.get("reward_adapter")
-        sub = ra.get("subfolder") if isinstance(ra, dict) else None
-        afiles = ra.get("files") if isinstance(ra, dict) else None
-        if isinstance(sub, str) and isinstance(afiles, dict) and name.startswith(sub.rstrip("/") + "/"):
-            entry = afiles.get(name[len(sub.rstrip("/")) + 1 :])
-    sha = entry.get("sha256") if isinstance(entry, dict) else None
-    return sha if isinstance(sha, str) and len(sha) == 64 else None
+    if manifest is None:
+        return None
+    entry = manifest.files.get(name)
+    ra = manifest.reward_adapter
+    if entry is None and ra is not None and ra.subfolder is not None and ra.files is not None and not ra.files_listed:
+        sub = ra.subfolder.rstrip("/")
+        if name.startswith(sub + "/"):
+            entry = ra.files.get(name[len(sub) + 1 :])
+    return entry.sha256 if entry is not None else None
 
 
 def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, str]]]:
@@ -95,9 +92,9 @@ def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, st
         required.add(SIDECAR_FILE)
     linked = symlinked_files(manifest)
     adapter_dir: str | None = None
-    ra = (manifest or {}).get("reward_adapter")
-    if isinstance(ra, dict) and isinstance(ra.get("subfolder"), str):
-        adapter_dir = ra["subfolder"].strip("/")
+    ra = manifest.reward_adapter if manifest is not None else None
+    if ra is not None and ra.subfolder is not None:
+        adapter_dir = ra.subfolder.strip("/")
 
     chosen: list[tuple[str, Path]] = []
     skipped: list[tuple[str, str]] = []

@@ -9,7 +9,6 @@ shared layers have changed since.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from vhtool.checkpoint.blocks import find_blocks, shared_tensor_names
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress
 from vhtool.checkpoint.init_op import copy_aux_files, place_weight_files
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint, safe_member
-from vhtool.checkpoint.manifest import files_section, new_manifest, write_manifest
+from vhtool.checkpoint.manifest import Manifest, PolicyRef, ReferenceInfo, files_section, write_manifest
 from vhtool.checkpoint.target import check_output_target
 from vhtool.errors import InputError
 
@@ -44,7 +43,7 @@ class ReferenceResult:
             "pattern": self.pattern,
             "num_blocks": self.num_blocks,
             "shared_tensors": len(self.shared_tensors),
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "how": f.how} for f in self.files],
+            "files": [f.to_json() for f in self.files],
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
         }
@@ -86,8 +85,8 @@ def make_reference(
         raise InputError(f"unknown --link mode {link!r}; choose one of {', '.join(LINK_MODES)}.")
     out = check_output_target(out, force=force, inputs=[policy])
     ckpt = open_checkpoint(policy)
-    manifest = ckpt.manifest or {}
-    if manifest.get("role") == "reference":
+    manifest = ckpt.manifest
+    if manifest is not None and manifest.role == "reference":
         raise InputError(f"{policy}: is a reference checkpoint (vhtool.json role 'reference'); pass the policy.")
     names = [n for n in ckpt.tensors if not n.startswith("v_head.")]
     blocks = find_blocks(names, pattern)
@@ -95,7 +94,7 @@ def make_reference(
     if shared_layers is None and pattern is not None:
         find_blocks(names, pattern)  # a typo is an error even for a full copy
     notes: list[str] = []
-    recorded = {k: v.get("sha256") for k, v in (manifest.get("files") or {}).items() if isinstance(v, dict)}
+    recorded = {k: v.sha256 for k, v in manifest.files.items()} if manifest is not None else {}
     total = sum((ckpt.path / f).stat().st_size for f in ckpt.weight_files)
     progress = progress_factory(total) if progress_factory else None
 
@@ -117,25 +116,22 @@ def make_reference(
         policy_files = {r.name: r.sha256 for r in records if r.name != SIDECAR_FILE}
         if any(v is None for v in policy_files.values()):
             notes.append("linked policy files were not hashed (pass --hash); drift is then checked tensor by tensor")
-        doc = copy.deepcopy(manifest) if manifest else new_manifest(role="reference", architecture=_arch(ckpt.config))
-        doc.pop("reward_adapter", None)  # the reference is the frozen policy, not a scorer
-        doc.update(
+        base = manifest if manifest is not None else Manifest.new(role="reference", architecture=_arch(ckpt.config))
+        reference = base.replace(
             role="reference",
-            architecture=doc.get("architecture") or _arch(ckpt.config),
+            architecture=base.architecture or _arch(ckpt.config),
             files=files_section(records),
-            reference={
-                "shared_layers": shared_layers,
-                "pattern": blocks.pattern,
-                "num_blocks": blocks.num_blocks,
-                "frozen": True,
-                "shared_tensors": shared,
-                "policy": {"path": str(ckpt.path.resolve()), "files": policy_files},
-            },
+            reward_adapter=None,  # the reference is the frozen policy, not a scorer
+            reference=ReferenceInfo(
+                shared_layers=shared_layers,
+                pattern=blocks.pattern,
+                num_blocks=blocks.num_blocks,
+                frozen=True,
+                shared_tensors=tuple(shared),
+                policy=PolicyRef(path=str(ckpt.path.resolve()), files=policy_files),
+            ),
         )
-        from vhtool._version import __version__
-
-        doc["vhtool_version"] = __version__
-        write_manifest(tmp, doc)
+        write_manifest(tmp, reference)
     return ReferenceResult(
         out=out,
         shared_layers=shared_layers,

@@ -52,6 +52,7 @@ CHECKPOINT_NAMES = frozenset(
         "value_head.bin",
         "pytorch_model.bin",
         "pytorch_model.bin.index.json",
+        "training_args.bin",  # Trainer.save_model writes it beside the model
     }
 )
 #: Name patterns of weight files (single, sharded, index) that count as checkpoint files.

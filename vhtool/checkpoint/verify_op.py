@@ -1,16 +1,18 @@
-"""``vhtool verify``: the integrity of a checkpoint, checked from its files (and, on request, one forward pass).
+"""``vhtool verify``: the integrity of a checkpoint, checked from its files.
 
 Every check becomes a :class:`Check` (name, ok, detail); a malformed file is a failed check, never an
 exception, so one run lists everything that is wrong. Only a path that is not a checkpoint at all
 (missing, not a directory, no ``config.json``) raises :class:`~vhtool.errors.InputError` (exit 2).
-Nothing here imports torch unless ``forward=True``.
+Nothing here imports torch: ``verify --forward`` (one tiny batch through the model) lives in the torch world,
+``models/smoke.py``, which adds its checks to a :class:`VerifyResult` (see :meth:`VerifyResult.with_checks`);
+the CLI composes the two.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,9 @@ from vhtool.checkpoint.layout import (
     open_checkpoint,
     read_json_object,
     safe_member,
-    symlinked_files,
 )
-from vhtool.checkpoint.manifest import FORMAT
+from vhtool.checkpoint.manifest import FORMAT, FileEntry, Manifest, RewardAdapterInfo, read_manifest, symlinked_files
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from vhtool.checkpoint.safetensors_io import (
     FLOAT_DTYPES,
     read_header,
@@ -37,8 +39,6 @@ from vhtool.errors import InputError, VhtoolError
 
 #: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,28 @@ class VerifyResult:
     forward: bool = False
     hashed: bool = False
     notes: list[str] = field(default_factory=list)
+    #: What the file checks read (``{}`` when unreadable), for checks that build on them; not in :meth:`to_json`.
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     @property
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
+
+    def with_checks(self, checks: Sequence[Check], *, forward: bool | None = None) -> VerifyResult:
+        """This result with ``checks`` appended (``ok`` recomputed), e.g. the forward checks of ``verify --forward``.
+
+        Args:
+            checks: the checks to add, after the file checks.
+            forward: set the ``forward`` flag (``None``: keep it).
+        """
+        merged = [*self.checks, *checks]
+        return replace(
+            self,
+            checks=merged,
+            ok=all(c.ok for c in merged),
+            forward=self.forward if forward is None else forward,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,13 +98,14 @@ class VerifyResult:
         }
 
 
-def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, hash_all: bool = False) -> VerifyResult:
+def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -> VerifyResult:
     """Checks a checkpoint directory against its ``vhtool.json`` and its own index and headers.
+
+    The forward checks of ``verify --forward`` live in the torch world (``models/smoke.py``) and are added to
+    this result by the CLI.
 
     Args:
         path: the checkpoint directory.
-        forward: also load the model (torch) and run one tiny batch on the CPU: finite logits and
-            values, and base logits equal to the recorded local or built-in source's, when it still exists.
         hash_all: also hash weight files recorded without a sha256 (linked files).
 
     Returns:
@@ -106,26 +125,29 @@ def verify_checkpoint(path: str | os.PathLike[str], *, forward: bool = False, ha
     checks: list[Check] = []
     notes: list[str] = []
     config, hidden = _run(checks, "config", lambda: _check_config(root))
-    manifest = _run(checks, "manifest", lambda: _check_manifest(root))[0]
-    ckpt = _run(checks, "layout", lambda: _check_layout(root))[0]
+    manifest: Manifest | None = _run(checks, "manifest", lambda: _check_manifest(root))[0]
+    ckpt = _run(checks, "layout", lambda: _check_layout(root, manifest))[0]
+    if ckpt is not None and ckpt.ignored_weights:
+        checks.append(_stale_weights_check(ckpt.ignored_weights))
     _run(checks, "links", lambda: _check_links(root, manifest))
     if manifest is not None:
         checks.extend(_check_files(root, manifest, ckpt, hash_all=hash_all))
-    role = manifest.get("role") if manifest is not None else None
-    vh_entry = manifest.get("value_head") if manifest is not None else None
-    convention = vh_entry.get("convention") if isinstance(vh_entry, dict) else None
+    role = manifest.role if manifest is not None else None
+    vh_entry = manifest.value_head if manifest is not None else None
+    convention = vh_entry.convention if vh_entry is not None else None
     _run(checks, "value_head", lambda: _check_value_head(ckpt, hidden, role=role, convention=convention))
-    if manifest is not None and manifest.get("reward_adapter") is not None:
-        checks.extend(_check_reward_adapter(root, manifest["reward_adapter"], hidden, hash_all=hash_all))
-    if forward:
-        if all(c.ok for c in checks):
-            checks.extend(_forward_checks(root, config or {}, manifest or {}))
-        else:
-            checks.append(Check("forward", False, "not run: the checkpoint failed the file checks above."))
+    if manifest is not None and manifest.reward_adapter is not None:
+        checks.extend(_check_reward_adapter(root, manifest.reward_adapter, hidden, hash_all=hash_all))
     if hash_all:
         notes.append("every weight file was hashed")
     return VerifyResult(
-        path=root, ok=all(c.ok for c in checks), checks=checks, forward=forward, hashed=hash_all, notes=notes
+        path=root,
+        ok=all(c.ok for c in checks),
+        checks=checks,
+        hashed=hash_all,
+        notes=notes,
+        config=config or {},
+        manifest=manifest,
     )
 
 
@@ -162,28 +184,38 @@ def _check_config(root: Path) -> tuple[dict[str, Any], int, str]:
     return config, hidden, f"model_type {kind!s}, hidden size {hidden}"
 
 
-def _check_manifest(root: Path) -> tuple[dict[str, Any], str]:
+def _check_manifest(root: Path) -> tuple[Manifest, str]:
     if not (root / MANIFEST_FILE).is_file():
         raise _SkipCheck(
             f"no {MANIFEST_FILE}: this directory was not written by vhtool, so its files cannot be checked against "
             "recorded hashes (`vhtool init` or `vhtool convert --to vhtool` writes one)."
         )
-    doc = read_json_object(safe_member(root, MANIFEST_FILE, MANIFEST_FILE), MANIFEST_FILE)
-    if doc.get("format") != FORMAT:
-        raise _SkipCheck(f"{MANIFEST_FILE}: format is {doc.get('format')!r}, expected {FORMAT!r}.")
-    files = doc.get("files")
-    if not isinstance(files, dict) or not files:
+    manifest = read_manifest(safe_member(root, MANIFEST_FILE, MANIFEST_FILE))
+    if manifest.format != FORMAT:
+        raise _SkipCheck(f"{MANIFEST_FILE}: format is {manifest.format!r}, expected {FORMAT!r}.")
+    if not manifest.files:
         raise _SkipCheck(f"{MANIFEST_FILE}: no 'files' section recording the weight files.")
-    return doc, f"role {doc.get('role')!s}, {len(files)} weight file(s) recorded"
+    return manifest, f"role {manifest.role!s}, {len(manifest.files)} weight file(s) recorded"
 
 
-def _check_layout(root: Path) -> tuple[Checkpoint, str]:
-    ckpt = open_checkpoint(root)
+def _check_layout(root: Path, manifest: Manifest | None) -> tuple[Checkpoint, str]:
+    # the manifest as the 'manifest' check read it: a malformed one fails there, not here too
+    ckpt = open_checkpoint(root, manifest=manifest)
     kind = f"sharded ({len(ckpt.weight_files)} files)" if ckpt.sharded else "single file"
     return ckpt, f"{kind}, {len(ckpt.tensors)} tensors, index and headers consistent"
 
 
-def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:
+def _stale_weights_check(ignored: tuple[str, ...]) -> Check:
+    return Check(
+        "stale weights",
+        False,
+        f"model.safetensors sits beside {', '.join(ignored)}: transformers, TRL and vhtool load model.safetensors "
+        "and ignore the others (left by a save into an older sharded checkpoint); delete "
+        f"{' and '.join(ignored)} once you are sure model.safetensors holds the weights you want.",
+    )
+
+
+def _check_links(root: Path, manifest: Manifest | None) -> tuple[str]:
     """Every symlink in the tree stays inside it, except weight files recorded as placed by ``--link symlink``."""
     linked = symlinked_files(manifest)
     n_links = 0
@@ -204,27 +236,9 @@ def _check_links(root: Path, manifest: dict[str, Any] | None) -> tuple[str]:
     return (f"{n_links} link(s), all recorded or inside the checkpoint" if n_links else "no symlinks",)
 
 
-def _file_entry(entry: object) -> tuple[int | None, str | None, str]:
-    """``(size, sha256, problem)`` from a ``files`` entry; ``problem`` is empty when it is well-formed."""
-    if not isinstance(entry, dict):
-        return None, None, "its record is not an object"
-    size, sha = entry.get("size"), entry.get("sha256")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return None, None, f"its recorded size {size!r} is not a byte count"
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        return None, None, f"its recorded sha256 {sha!r} is not a hex digest"
-    return size, sha, ""
-
-
-def _check_one_file(root: Path, name: object, entry: object, *, hash_all: bool) -> Check:
+def _check_one_file(root: Path, name: str, entry: FileEntry, *, hash_all: bool) -> Check:
     label = f"file {name}"
-    if not isinstance(name, str):
-        return Check(label, False, "the recorded file name is not a string.")
-    size, sha, problem = _file_entry(entry)
-    if problem:
-        return Check(label, False, f"{MANIFEST_FILE}: {problem}.")
-    assert size is not None
-    how = entry.get("how") if isinstance(entry, dict) else None
+    size, sha, how = entry.size, entry.sha256, entry.how
     try:
         member = safe_member(root, name, MANIFEST_FILE, allow_link_out=how == "symlink")
     except VhtoolError as exc:
@@ -246,8 +260,8 @@ def _check_one_file(root: Path, name: object, entry: object, *, hash_all: bool) 
     return Check(label, True, f"{size} bytes, sha256 matches")
 
 
-def _check_files(root: Path, manifest: dict[str, Any], ckpt: Checkpoint | None, *, hash_all: bool) -> list[Check]:
-    files = manifest["files"]
+def _check_files(root: Path, manifest: Manifest, ckpt: Checkpoint | None, *, hash_all: bool) -> list[Check]:
+    files = manifest.files
     checks = []
     for name, entry in sorted(files.items()):
         try:
@@ -308,29 +322,20 @@ def _check_value_head(
     return (f"[1, {hidden}] {head.dtype} in {head.file}, finite",)
 
 
-def _check_reward_adapter(root: Path, entry: object, hidden: int | None, *, hash_all: bool) -> list[Check]:
+def _check_reward_adapter(root: Path, entry: RewardAdapterInfo, hidden: int | None, *, hash_all: bool) -> list[Check]:
     checks: list[Check] = []
     _run(checks, "reward_adapter", lambda: _check_adapter_dir(root, entry, hidden))
-    files = entry.get("files") if isinstance(entry, dict) else None
-    subfolder = entry.get("subfolder") if isinstance(entry, dict) else None
+    files, subfolder = entry.files, entry.subfolder
     if files is None:
         return checks
-    items: list[tuple[object, object]]
-    if isinstance(files, dict):
-        items = sorted(files.items(), key=lambda kv: str(kv[0]))
-    elif isinstance(files, list):
-        items = [(f.get("name") if isinstance(f, dict) else f, f) for f in files]
-    else:
-        return [*checks, Check("reward_adapter files", False, "reward_adapter.files is neither a mapping nor a list.")]
+    items = list(files.items()) if entry.files_listed else sorted(files.items())
     for name, rec in items:
         rel = name
-        if isinstance(name, str) and isinstance(subfolder, str) and not name.startswith(subfolder.rstrip("/") + "/"):
+        if subfolder is not None and not name.startswith(subfolder.rstrip("/") + "/"):
             rel = f"{subfolder.rstrip('/')}/{name}"
-        if isinstance(rec, str):  # a bare list of names: existence only
-            rec = None
-        if rec is None:
+        if rec is None:  # a bare list of names: existence only
             try:
-                ok = isinstance(rel, str) and safe_member(root, rel, "reward_adapter").is_file()
+                ok = safe_member(root, rel, "reward_adapter").is_file()
             except VhtoolError as exc:
                 checks.append(Check(f"file {rel}", False, str(exc)))
                 continue
@@ -343,13 +348,11 @@ def _check_reward_adapter(root: Path, entry: object, hidden: int | None, *, hash
     return checks
 
 
-def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[str]:
-    if not isinstance(entry, dict):
-        raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter must be an object with name and subfolder.")
-    name, sub = entry.get("name"), entry.get("subfolder")
-    if not isinstance(name, str) or not name:
+def _check_adapter_dir(root: Path, entry: RewardAdapterInfo, hidden: int | None) -> tuple[str]:
+    name, sub = entry.name, entry.subfolder
+    if not name:
         raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.name is missing.")
-    if not isinstance(sub, str) or not sub:
+    if not sub:
         raise _SkipCheck(f"{MANIFEST_FILE}: reward_adapter.subfolder is missing.")
     folder = safe_member(root, sub.rstrip("/"), "reward_adapter.subfolder")
     if not folder.is_dir():
@@ -374,101 +377,3 @@ def _check_adapter_dir(root: Path, entry: object, hidden: int | None) -> tuple[s
         if not bool(np.isfinite(values).all()):
             raise _SkipCheck("the adapter's score head holds NaN/inf values.")
     return (f"{name!s} in {sub}/ ({cfg['peft_type']}), score head {list(shape)}",)
-
-
-# --------------------------------------------------------------------------------------------- forward (torch)
-
-
-def _source_dir(manifest: dict[str, Any]) -> Path | None:
-    """The recorded source as a local directory, when it is a local path or a built-in that still exists."""
-    source = manifest.get("source")
-    if not isinstance(source, dict):
-        return None
-    kind = source.get("kind")
-    if kind == "local" and isinstance(source.get("path"), str):
-        p = Path(source["path"])
-        return p if (p / "config.json").is_file() else None
-    if kind == "builtin" and isinstance(source.get("model"), str):
-        from vhtool.hub import resolve_source
-
-        try:
-            return resolve_source(source["model"]).path
-        except VhtoolError:
-            return None
-    return None
-
-
-def _forward_checks(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
-    """Loads the model and its source (quietly: no loading bars on stderr) and compares one batch."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        return _forward_batch(root, config, manifest)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _forward_batch(root: Path, config: dict[str, Any], manifest: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
-    try:
-        import warnings
-
-        import torch
-
-        from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-
-        arch = manifest.get("architecture")
-        seq2seq = arch == "seq2seq" if arch in ("causal", "seq2seq") else bool(config.get("is_encoder_decoder"))
-        cls = AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls.from_pretrained(str(root))
-        model.eval()
-        vocab = int(getattr(model.pretrained_model.config, "vocab_size", 0) or config.get("vocab_size") or 2)
-        ids = (torch.arange(2 * 6).reshape(2, 6) * 7 + 3) % max(vocab, 1)
-        extra = {"decoder_input_ids": ids[:, :4]} if seq2seq else {}
-        with torch.no_grad():
-            logits, _, value = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
-        problems = []
-        if not getattr(model, "v_head_loaded", True):
-            problems.append("the value head was not loaded from the checkpoint")
-        if not bool(torch.isfinite(logits).all()):
-            problems.append("logits hold NaN/inf")
-        if not bool(torch.isfinite(value).all()):
-            problems.append("values hold NaN/inf")
-        if tuple(value.shape) != tuple(logits.shape[:2]):
-            problems.append(f"values have shape {list(value.shape)}, expected {list(logits.shape[:2])}")
-        detail = f"logits {list(logits.shape)}, values {list(value.shape)}, finite"
-        checks.append(Check("forward", not problems, "; ".join(problems) if problems else detail))
-    except Exception as exc:  # a model that does not load or run is a failed check, not a crash
-        checks.append(Check("forward", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
-        return checks
-
-    src = _source_dir(manifest)
-    if src is None:
-        checks.append(Check("source logits", True, "not compared: no local or built-in source recorded that exists"))
-        return checks
-    try:
-        import transformers as tf
-
-        auto = tf.AutoModelForSeq2SeqLM if seq2seq else tf.AutoModelForCausalLM
-        base = auto.from_pretrained(str(src)).eval()
-        with torch.no_grad():
-            ref = base(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits.float()
-        if ref.shape != logits.shape:
-            checks.append(
-                Check("source logits", False, f"shape {list(logits.shape)} vs the source's {list(ref.shape)}")
-            )
-        elif torch.equal(ref, logits):
-            checks.append(Check("source logits", True, f"equal to {src}'s"))
-        else:
-            diff = float((ref - logits).abs().max())
-            checks.append(Check("source logits", False, f"differ from {src}'s by up to {diff:.3g}"))
-    except Exception as exc:
-        checks.append(
-            Check("source logits", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        )
-    return checks

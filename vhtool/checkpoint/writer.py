@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhtool.checkpoint.copyio import FileRecord, Progress, _kernel_copy
+from vhtool.checkpoint.copyio import FileRecord, Progress, _kernel_copy, hash_range
 from vhtool.checkpoint.safetensors_io import build_header
-from vhtool.errors import OperationError
 
 
 @dataclass(frozen=True)
@@ -79,21 +78,13 @@ def write_safetensors(
 
     def _hash() -> None:
         try:
-            buf = bytearray(8 * 1024 * 1024)
-            view = memoryview(buf)
+            view = memoryview(bytearray(8 * 1024 * 1024))
             for seg in segs:
                 if isinstance(seg, bytes):
                     hasher.update(seg)
                     continue
                 with open(seg.path, "rb", buffering=0) as fh:
-                    fh.seek(seg.offset)
-                    remaining = seg.length
-                    while remaining > 0:
-                        n = fh.readinto(view[: min(len(buf), remaining)])
-                        if not n:
-                            raise OperationError(f"{seg.path}: file shrank while being read.")
-                        hasher.update(view[:n])
-                        remaining -= n
+                    hash_range(fh, hasher, start=seg.offset, length=seg.length, view=view)
         except BaseException as exc:
             error.append(exc)
 

@@ -75,7 +75,7 @@ def attach_command(
     can call `compute_reward_score` at once. Default OUT: ./<POLICY name>-with-reward in the current
     directory (next to POLICY when you are inside it).
     """
-    from vhtool.checkpoint.adapter_op import attach_reward_adapter
+    from vhtool.checkpoint.attach_op import attach_reward_adapter
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vhtool.checkpoint.conventions import CONVENTIONS
-from vhtool.checkpoint.convert_op import HEAD_NAMES
+from vhtool.checkpoint.convert.naming import HEAD_NAMES
 from vhtool.cli.common import (
     Choice,
     ForceOpt,
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     Target = Choice
     HeadName = Choice
 else:
-    Target = choice_enum("Target", CONVENTIONS)  # convert_op.TARGETS is CONVENTIONS
+    Target = choice_enum("Target", CONVENTIONS)  # convert.TARGETS is CONVENTIONS
     HeadName = choice_enum("HeadName", HEAD_NAMES)
 
 EXAMPLES = examples(
@@ -97,7 +97,7 @@ def convert_command(
     is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>
     in the current directory (next to SRC when you are inside it).
     """
-    from vhtool.checkpoint.convert_op import convert_checkpoint
+    from vhtool.checkpoint.convert import convert_checkpoint
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)

@@ -25,7 +25,7 @@ from vhtool.cli.common import (
     handle_errors,
 )
 from vhtool.errors import InputError, VhtoolError
-from vhtool.models.scoring import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
+from vhtool.models.scoring.options import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
 
 if TYPE_CHECKING:
     Head = Choice
@@ -254,15 +254,12 @@ def score_command(
     Under `torchrun --nproc-per-node K -m vhtool score ...` (or `accelerate launch -m vhtool score ...`) the
     K ranks share the planned batches; rank 0 writes the one output, byte-identical to a single process's.
     """
-    from vhtool.models.distributed import detect_distributed, score_dataset_distributed
-    from vhtool.models.scoring import (
-        InputSpec,
-        ScoredRecord,
-        ScoreOptions,
-        ScoreSummary,
-        SkippedRecord,
-        score_dataset,
-    )
+    from vhtool.models.scoring.distributed import score_dataset_distributed
+    from vhtool.models.scoring.inputs import InputSpec
+    from vhtool.models.scoring.options import ScoreOptions
+    from vhtool.models.scoring.ranks import detect_distributed
+    from vhtool.models.scoring.results import ScoredRecord, ScoreSummary, SkippedRecord
+    from vhtool.models.scoring.run import score_dataset
 
     env = detect_distributed()
     worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job

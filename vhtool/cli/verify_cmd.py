@@ -52,7 +52,11 @@ def verify_command(
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    result = verify_checkpoint(resolve_source(checkpoint).path, forward=forward, hash_all=hash_all)
+    result = verify_checkpoint(resolve_source(checkpoint).path, hash_all=hash_all)
+    if forward:  # the file checks need no torch; the forward check is the torch world's
+        from vhtool.models.smoke import verify_forward
+
+        result = verify_forward(result)
     if json_out:
         out.data(result.to_json())
     else:

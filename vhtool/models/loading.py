@@ -15,12 +15,14 @@ from typing import Any
 
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
-    MANIFEST_FILE,
     SIDECAR_FILE,
     SINGLE_FILE,
+    conflicting_weight_files,
+    read_local_manifest,
     safe_member,
-    symlinked_files,
 )
+from vhtool.checkpoint.manifest import Manifest, RewardAdapterInfo, read_manifest, symlinked_files
+from vhtool.checkpoint.names import ADAPTER_CONFIG, MANIFEST_FILE
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.errors import CheckpointError, InputError
 from vhtool.hub.download import cached_snapshot, download_file, reachable
@@ -39,12 +41,12 @@ class Resolved:
     token: Any = None
     cache_dir: str | None = None
     adapter_config_dir: Path | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
     @property
-    def manifest_reward(self) -> dict[str, Any] | None:
-        entry = (self.manifest or {}).get("reward_adapter")
-        return entry if isinstance(entry, dict) else None
+    def manifest_reward(self) -> RewardAdapterInfo | None:
+        """The reward adapter the checkpoint's ``vhtool.json`` records, if any."""
+        return self.manifest.reward_adapter if self.manifest is not None else None
 
 
 def resolve_pretrained(
@@ -68,9 +70,9 @@ def resolve_pretrained(
         snap = cached_snapshot(name, revision=revision, cache_dir=cache_dir)
         return _local(name, snap.path)
     kw = {"revision": revision, "token": token, "cache_dir": cache_dir}
-    adapter_file = download_file(name, "adapter_config.json", **kw)
+    adapter_file = download_file(name, ADAPTER_CONFIG, **kw)
     manifest_file = download_file(name, MANIFEST_FILE, **kw)
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file else None
+    manifest = read_manifest(manifest_file) if manifest_file else None
     return Resolved(
         name=name,
         load_from=name,
@@ -89,10 +91,8 @@ def _local(name: str, path: Path) -> Resolved:
         raise InputError(f"{path}: not a model directory.")
     for st in sorted(path.glob("*.safetensors")):
         read_header(st)  # a corrupt or truncated file fails here with a clear message, before transformers
-    adapter = path if (path / "adapter_config.json").is_file() else None
-    manifest = None
-    if (path / MANIFEST_FILE).is_file():
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    adapter = path if (path / ADAPTER_CONFIG).is_file() else None
+    manifest = read_local_manifest(path)
     return Resolved(
         name=name, load_from=str(path), local_dir=path, repo_id=None, adapter_config_dir=adapter, manifest=manifest
     )
@@ -114,7 +114,18 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
     if resolved.local_dir is not None:
         root = resolved.local_dir
         candidates: list[tuple[Path, list[str] | None, str]] = []
-        if (root / INDEX_FILE).is_file():
+        stale = conflicting_weight_files(root)
+        if stale:
+            import warnings
+
+            warnings.warn(
+                f"{root}: model.safetensors sits beside {', '.join(stale)}; loading model.safetensors (as "
+                "transformers and TRL do) and ignoring the others, which an older sharded checkpoint left behind.",
+                stacklevel=3,
+            )
+        if (root / SINGLE_FILE).is_file():  # transformers' precedence: the single file wins over an index
+            candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
+        elif (root / INDEX_FILE).is_file():
             index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
             wmap = index.get("weight_map") or {}
             files: dict[str, list[str]] = {}
@@ -124,8 +135,6 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             linked = symlinked_files(resolved.manifest)  # `--link symlink` outputs point outside, by design
             for f, names in sorted(files.items()):
                 candidates.append((safe_member(root, f, "the index", allow_link_out=f in linked), names, f))
-        elif (root / SINGLE_FILE).is_file():
-            candidates.append((root / SINGLE_FILE, None, SINGLE_FILE))
         if (root / SIDECAR_FILE).is_file():
             candidates.append((safe_member(root, SIDECAR_FILE, "the sidecar"), None, SIDECAR_FILE))
         for path, keys, label in candidates:

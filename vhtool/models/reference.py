@@ -151,9 +151,9 @@ def load_policy_and_reference(
     from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 
     ref_ckpt = open_checkpoint(reference_dir)
-    manifest = ref_ckpt.manifest or {}
-    info = manifest.get("reference")
-    if manifest.get("role") != "reference" or not isinstance(info, dict):
+    manifest = ref_ckpt.manifest
+    info = manifest.reference if manifest is not None else None
+    if manifest is None or manifest.role != "reference" or info is None:
         raise InputError(f"{reference_dir}: not a vhtool reference (vhtool.json has no role 'reference').")
     cls = AutoModelForSeq2SeqLMWithValueHead if ref_ckpt.is_encoder_decoder else AutoModelForCausalLMWithValueHead
     policy = cls.from_pretrained(str(policy_dir), **kwargs)
@@ -171,7 +171,7 @@ def load_policy_and_reference(
         out: torch.Tensor = read_tensor(path, header, tensor, into=into)
         return out
 
-    shared_tensors = list(info.get("shared_tensors") or [])
+    shared_tensors = list(info.shared_tensors or [])
     shared = [param_name(n) for n in shared_tensors]
     missing = [n for n in shared if n not in params]
     if missing:

@@ -32,10 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vhtool.checkpoint.adapter_op import (
-    ADAPTER_CONFIG,
-    ADAPTER_PICKLE,
-    ADAPTER_WEIGHTS,
+from vhtool.checkpoint.adapter import (
     PEFT_PREFIX,
     AdapterInfo,
     adapter_member,
@@ -44,7 +41,9 @@ from vhtool.checkpoint.adapter_op import (
 )
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import safe_member
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from vhtool.errors import CheckpointError, InputError
+from vhtool.models.hidden import LastHidden, mapped_output_device
 
 _BINDINGS_ATTR = "_vhtool_reward_bindings"
 
@@ -151,7 +150,7 @@ def _resolve_adapter_dir(adapter_id: str, *, token: Any, revision: str | None) -
 
 def _live_shapes(hf_model: Any) -> dict[str, tuple[int, ...]]:
     """The model's tensors as a plain checkpoint would name them (PEFT wrappers and adapters left out)."""
-    from vhtool.checkpoint.adapter_op import _tuner_split
+    from vhtool.checkpoint.adapter import _tuner_split
 
     quantized = bool(getattr(hf_model, "is_loaded_in_4bit", False) or getattr(hf_model, "is_loaded_in_8bit", False))
     shapes: dict[str, tuple[int, ...]] = {}
@@ -192,8 +191,6 @@ def _reward_peft_config(info: AdapterInfo) -> Any:
 
 
 def _output_device(hf_model: Any) -> torch.device:
-    from vhtool.models.value_head import mapped_output_device
-
     mapped = mapped_output_device(hf_model)  # under accelerate's device map: where the hidden state comes out
     if mapped is not None:
         return mapped
@@ -525,14 +522,12 @@ def compute_reward_score(
             out = backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         else:  # a model that is its own backbone: take the LM head's input
-            from vhtool.models.value_head import _LastHidden
-
             lm_head = hf.get_output_embeddings()
             if lm_head is None:
                 raise InputError(
                     f"{type(hf).__name__}: cannot find its backbone or LM head to read hidden states from."
                 )
-            with _LastHidden(lm_head, "input") as probe:
+            with LastHidden(lm_head, "input") as probe:
                 hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             assert probe.value is not None
             hidden = probe.value
@@ -556,10 +551,10 @@ def wire_recorded_adapter(model: Any, resolved: Any) -> None:
         CheckpointError: the entry is malformed, the subfolder is missing, or its files do not match the
             hashes recorded in ``vhtool.json``.
     """
-    entry = resolved.manifest_reward or {}
-    name = entry.get("name")
-    sub = entry.get("subfolder", name)
-    if not isinstance(name, str) or not name or not isinstance(sub, str) or not sub:
+    entry = resolved.manifest_reward
+    name = entry.name if entry is not None else None
+    sub = entry.subfolder if entry is not None and entry.subfolder is not None else name
+    if entry is None or not name or not sub:
         raise CheckpointError(f"{resolved.name}: vhtool.json has a malformed reward_adapter entry ({entry!r}).")
     if resolved.local_dir is not None:
         path = safe_member(Path(resolved.local_dir), sub, "vhtool.json's reward_adapter.subfolder")
@@ -570,13 +565,12 @@ def wire_recorded_adapter(model: Any, resolved: Any) -> None:
             f"{resolved.name}: vhtool.json records the reward adapter in {sub!r}, which is missing or has no "
             f"{ADAPTER_CONFIG}; attach the adapter again (vhtool attach-reward-adapter)."
         )
-    files = entry.get("files")
-    if isinstance(files, dict):
-        for fname, meta in files.items():
+    if entry.files is not None and not entry.files_listed:
+        for fname, meta in entry.files.items():
             if resolved.local_dir is None and fname not in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 continue  # only these two are downloaded
-            f = adapter_member(path, str(fname), "a reward adapter file")
-            want = meta.get("sha256") if isinstance(meta, dict) else None
+            f = adapter_member(path, fname, "a reward adapter file")
+            want = meta.sha256 if meta is not None else None
             if not f.is_file() or (want and hash_file(f) != want):
                 raise CheckpointError(
                     f"{path / fname}: does not match the sha256 recorded in vhtool.json (corrupt or edited); "

@@ -8,7 +8,8 @@ Differences from TRL that users can rely on (each has a test):
 * an unknown ``v_head_init_strategy`` raises;
 * ``forward`` captures the last hidden state with a hook instead of asking for all L+1 states;
 * ``state_dict()`` round-trips through ``load_state_dict()``;
-* ``save_pretrained`` of a PEFT model writes ``value_head.safetensors`` (never a pickle) into a
+* ``save_pretrained`` of a PEFT model writes the value head as ``model.safetensors`` beside the adapter
+  (safetensors, never a pickle: the file TRL 1.12.0 reads a PEFT folder's value head from) into a
   directory that exists.
 """
 
@@ -26,7 +27,12 @@ import torch
 from torch import nn
 
 from vhtool.errors import InputError
+from vhtool.models.hidden import LastHidden, mapped_output_device
 from vhtool.models.loading import find_value_head_state, resolve_pretrained
+
+#: Where a PEFT policy's value head is saved: TRL 1.12.0 loads ``model.safetensors`` of the adapter folder.
+#: vhtool reads it there and in ``value_head.safetensors`` (what vhtool 0.1.0 wrote).
+PEFT_HEAD_FILE = "model.safetensors"
 
 logger = logging.getLogger("vhtool")
 
@@ -71,37 +77,6 @@ class ValueHead(nn.Module):
             output = output.to(self.summary.weight.dtype)
         out: torch.Tensor = self.summary(output)
         return out
-
-
-def mapped_output_device(model: Any) -> torch.device | None:
-    """Where the backbone's last hidden state comes out of a model dispatched by accelerate (``hf_device_map``).
-
-    That is the execution device of the last module of the device map in the model's own module order,
-    the LM head left out: a module mapped to ``"cpu"`` or ``"disk"`` (offloaded) executes on accelerate's
-    main device (the first accelerator in the map, else the CPU). ``None`` when the model has no device map.
-    Offloaded weights sit on the ``meta`` device, so a head must never follow them there.
-    """
-    device_map = getattr(model, "hf_device_map", None)
-    if not device_map:
-        return None
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-    order = {name: k for k, (name, _) in enumerate(base.named_modules())}
-    get_out = getattr(base, "get_output_embeddings", None)
-    out = get_out() if get_out is not None else None
-    out_names = {name for name, m in base.named_modules() if out is not None and m is out}
-
-    def is_out(key: str) -> bool:
-        return any(key == n or key.startswith(n + ".") for n in out_names)
-
-    def device(value: Any) -> str:
-        return f"cuda:{value}" if isinstance(value, int) else str(value)
-
-    offloaded = ("cpu", "disk")
-    main = next((device(v) for v in device_map.values() if device(v) not in offloaded), "cpu")
-    keys = [k for k in device_map if not is_out(k)] or list(device_map)
-    last = max(keys, key=lambda k: (order.get(k, -1), k))
-    where = device(device_map[last])
-    return torch.device(main if where in offloaded else where)
 
 
 def _peft_types() -> tuple[type, ...]:
@@ -388,10 +363,19 @@ class PreTrainedModelWrapper(nn.Module):
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         """Saves like ``transformers``' ``save_pretrained``, with the value head among the model's tensors.
 
-        For a PEFT model, the adapter is saved by PEFT and the value head goes to
-        ``value_head.safetensors`` beside it (no pickle).
+        For a PEFT model, the adapter is saved by PEFT and the value head goes to ``model.safetensors``
+        beside it: safetensors (no pickle), under the name TRL 1.12.0 reads it from. The save goes to a
+        temporary sibling first and replaces only the files it supersedes (see :mod:`vhtool.models.saving`).
         """
         save_directory = Path(args[0] if args else kwargs["save_directory"])
+        if kwargs.get("push_to_hub"):  # transformers names the repo after the folder: save there directly
+            return self._save_into(save_directory, *args[1:], **kwargs)
+        from vhtool.models.saving import save_replacing
+
+        kwargs.pop("save_directory", None)
+        return save_replacing(save_directory, lambda tmp: self._save_into(tmp, *args[1:], **kwargs))
+
+    def _save_into(self, save_directory: Path, *args: Any, **kwargs: Any) -> Any:
         if self.is_peft_model:
             from safetensors.torch import save_file
 
@@ -400,15 +384,15 @@ class PreTrainedModelWrapper(nn.Module):
                 # the reward adapter is loaded without its score head: saving it here would write a broken copy
                 own = [a for a in self.pretrained_model.peft_config if a != self.rm_adapter_name]
                 kwargs["selected_adapters"] = own
-            result = self.pretrained_model.save_pretrained(*args, **kwargs)
+            result = self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
             save_directory.mkdir(parents=True, exist_ok=True)
             head = {f"v_head.{k}": v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}
-            save_file(head, str(save_directory / "value_head.safetensors"), metadata={"format": "pt"})
+            save_file(head, str(save_directory / PEFT_HEAD_FILE), metadata={"format": "pt"})
             return result
         if kwargs.get("state_dict") is None:
             kwargs["state_dict"] = self.state_dict()
         with self._v_head_attached():
-            return self.pretrained_model.save_pretrained(*args, **kwargs)
+            return self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
 
     @contextmanager
     def _v_head_attached(self) -> Iterator[None]:
@@ -458,29 +442,6 @@ class PreTrainedModelWrapper(nn.Module):
         return score
 
 
-class _LastHidden:
-    """Captures the tensor a module receives (``input``) or returns (``output``) during one forward."""
-
-    def __init__(self, module: nn.Module, where: str) -> None:
-        self.value: torch.Tensor | None = None
-        if where == "input":
-            self.handle = module.register_forward_hook(self._from_input)
-        else:
-            self.handle = module.register_forward_hook(self._from_output)
-
-    def _from_input(self, _m: nn.Module, inputs: Any, _out: Any) -> None:
-        self.value = inputs[0]
-
-    def _from_output(self, _m: nn.Module, _inp: Any, output: Any) -> None:
-        self.value = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", output)
-
-    def __enter__(self) -> _LastHidden:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-
 class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
     """A causal LM with a value head: ``forward`` returns ``(lm_logits, loss, value)``, value ``(batch, seq)``."""
 
@@ -498,9 +459,9 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         self.v_head = ValueHead(self.pretrained_model.config, **v_head_kwargs)
         self._init_weights(**v_head_kwargs)
 
-    def _hidden_probe(self) -> _LastHidden | None:
+    def _hidden_probe(self) -> LastHidden | None:
         lm_head = self.pretrained_model.get_output_embeddings()
-        return _LastHidden(lm_head, "input") if lm_head is not None else None
+        return LastHidden(lm_head, "input") if lm_head is not None else None
 
     def forward(
         self,
@@ -573,7 +534,7 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
             out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             last_hidden = out.decoder_hidden_states[-1]
         else:
-            with _LastHidden(decoder, "output") as probe:
+            with LastHidden(decoder, "output") as probe:
                 out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             assert probe.value is not None
             last_hidden = probe.value

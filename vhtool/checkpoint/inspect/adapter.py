@@ -6,30 +6,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from vhtool.checkpoint.inspect.group import LORA_RE, SCORE_RE
-from vhtool.checkpoint.inspect.model import DEFAULT_ADAPTER_SUBFOLDER, AdapterReport
+from vhtool.checkpoint.inspect.model import AdapterReport
 from vhtool.checkpoint.layout import hidden_size
+from vhtool.checkpoint.manifest import Manifest
+from vhtool.checkpoint.names import DEFAULT_ADAPTER_SUBFOLDER
 from vhtool.checkpoint.safetensors_io import FLOAT_DTYPES, TensorInfo
 from vhtool.errors import InputError
 
 
-def adapter_record(manifest: Mapping[str, Any] | None, has_default: bool) -> tuple[str, str, bool, list[str]] | None:
-    """(name, subfolder, recorded, problems) of the reward adapter, or None when there is none."""
-    rec = (manifest or {}).get("reward_adapter")
+def adapter_record(manifest: Manifest | None, has_default: bool) -> tuple[str, str, bool, list[str]] | None:
+    """(name, subfolder, recorded, problems) of the reward adapter, or None when there is none.
+
+    Args:
+        manifest: the checkpoint's manifest (its types already checked).
+        has_default: whether the default adapter subfolder holds an adapter config.
+    """
+    rec = manifest.reward_adapter if manifest is not None else None
     if rec is None:
         if has_default:
             return DEFAULT_ADAPTER_SUBFOLDER, DEFAULT_ADAPTER_SUBFOLDER, False, []
         return None
-    if not isinstance(rec, dict):
-        return "?", DEFAULT_ADAPTER_SUBFOLDER, True, [f"vhtool.json reward_adapter must be an object, got {rec!r}"]
-    name = rec.get("name") or rec.get("subfolder") or DEFAULT_ADAPTER_SUBFOLDER
-    sub = rec.get("subfolder") or name
-    if not isinstance(name, str) or not isinstance(sub, str):
-        return (
-            str(name),
-            DEFAULT_ADAPTER_SUBFOLDER,
-            True,
-            ["vhtool.json reward_adapter name/subfolder must be strings"],
-        )
+    name = rec.name or rec.subfolder or DEFAULT_ADAPTER_SUBFOLDER
+    sub = rec.subfolder or name
     return name, sub.strip("/"), True, []
 
 

@@ -39,6 +39,7 @@ from vhtool.checkpoint.inspect.model import (
 )
 from vhtool.checkpoint.inspect.value_head import value_head_report
 from vhtool.checkpoint.layout import hidden_size
+from vhtool.checkpoint.manifest import Manifest, ReferenceInfo
 from vhtool.errors import InputError
 
 _KIND_RANK = {k: i for i, k in enumerate(KINDS)}
@@ -87,10 +88,10 @@ def describe(loaded: Loaded, *, filter_glob: str | None) -> InspectResult:
     """Builds the report of tensors already read (local or remote) — the part shared by every source."""
     ckpt = loaded.ckpt
     config = ckpt.config
-    manifest = ckpt.manifest or {}
+    manifest = ckpt.manifest
     model_names = [t.name for t in loaded.tensors if t.part == PART_MODEL and t.name not in VALUE_HEAD_NAMES]
     containers = find_containers(model_names)
-    role = manifest.get("role") if isinstance(manifest.get("role"), str) else None
+    role = manifest.role if manifest is not None else None
     frozen = role == "reference"
     shared, shared_note = shared_names(manifest, model_names) if frozen else (set(), None)
     if shared_note:
@@ -226,13 +227,14 @@ def _files(tensors: list[Tensor]) -> tuple[dict[str, Any], ...]:
     return tuple(sorted(files.values(), key=lambda f: (f["part"] != PART_MODEL, f["name"])))
 
 
-def _reference(manifest: Mapping[str, Any], shared: set[str]) -> dict[str, Any]:
-    raw_ref = manifest.get("reference")
-    ref: dict[str, Any] = raw_ref if isinstance(raw_ref, dict) else {}
+def _reference(manifest: Manifest | None, shared: set[str]) -> dict[str, Any]:
+    ref = manifest.reference if manifest is not None else None
+    if ref is None:
+        ref = ReferenceInfo()
     return {
-        "shared_layers": ref.get("shared_layers"),
-        "pattern": ref.get("pattern"),
-        "num_blocks": ref.get("num_blocks"),
+        "shared_layers": ref.shared_layers,
+        "pattern": ref.pattern,
+        "num_blocks": ref.num_blocks,
         "shared_tensors": len(shared),
     }
 

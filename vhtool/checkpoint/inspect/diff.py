@@ -11,7 +11,7 @@ from typing import Any
 from vhtool.checkpoint.inspect.group import natural_key
 from vhtool.checkpoint.inspect.load import load
 from vhtool.checkpoint.inspect.model import DiffResult, ProgressFactory, Tensor
-from vhtool.errors import CheckpointError, InputError
+from vhtool.errors import CheckpointError, InputError, OperationError
 
 _HASH_CHUNK = 1 << 20
 
@@ -104,17 +104,13 @@ def diff_checkpoints(
 def _hash_range(fh: Any, t: Tensor, view: memoryview, advance: Callable[[int], None] | None) -> str:
     import hashlib  # only --diff --hash needs it; keeps OpenSSL out of the header-only start-up
 
+    from vhtool.checkpoint.copyio import hash_range
+
     h = hashlib.sha256()
-    fh.seek(t.abs_offset)
-    left = t.info.nbytes
-    while left:
-        n = fh.readinto(view[: min(left, _HASH_CHUNK)])
-        if not n:
-            raise CheckpointError(f"{t.abs_path}: ends inside tensor {t.name!r} (truncated file).")
-        h.update(view[:n])
-        left -= n
-        if advance:
-            advance(n)
+    try:
+        hash_range(fh, h, start=t.abs_offset, length=t.info.nbytes, view=view[:_HASH_CHUNK], progress=advance)
+    except OperationError as exc:
+        raise CheckpointError(f"{t.abs_path}: ends inside tensor {t.name!r} (truncated file).") from exc
     return h.hexdigest()
 
 

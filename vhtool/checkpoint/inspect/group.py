@@ -9,6 +9,7 @@ from typing import Any
 from vhtool.checkpoint.blocks import is_embedding_name
 from vhtool.checkpoint.conventions import KNOWN_HEADS
 from vhtool.checkpoint.inspect.model import PART_ADAPTER, PART_SIDECAR, GroupRow, Tensor, TensorRow
+from vhtool.checkpoint.manifest import Manifest
 from vhtool.errors import InputError
 
 _BLOCK_RE = re.compile(r"\.(\d+)(?=\.|$)")
@@ -61,7 +62,7 @@ def classify(t: Tensor, containers: Mapping[str, int]) -> tuple[str, str | None,
     return "other", None, None
 
 
-def shared_names(manifest: Mapping[str, Any] | None, names: list[str]) -> tuple[set[str], str | None]:
+def shared_names(manifest: Manifest | None, names: list[str]) -> tuple[set[str], str | None]:
     """Tensor names a reference shares with its policy, from vhtool.json ``reference`` (and a note if unclear).
 
     ``shared_tensors`` is authoritative; without it, ``shared_layers`` + ``pattern`` are resolved the way
@@ -69,18 +70,17 @@ def shared_names(manifest: Mapping[str, Any] | None, names: list[str]) -> tuple[
     """
     from vhtool.checkpoint.blocks import Blocks, find_blocks, shared_tensor_names
 
-    ref = (manifest or {}).get("reference")
-    if not isinstance(ref, dict):
+    ref = manifest.reference if manifest is not None else None
+    if ref is None:
         return set(), None
-    listed = ref.get("shared_tensors")
-    if isinstance(listed, list) and listed:
-        return {strip_wrapper(str(n)) for n in listed}, None
-    n_shared = ref.get("shared_layers")
-    if not isinstance(n_shared, int) or isinstance(n_shared, bool) or n_shared <= 0:
+    if ref.shared_tensors:
+        return {strip_wrapper(n) for n in ref.shared_tensors}, None
+    n_shared = ref.shared_layers
+    if n_shared is None or n_shared <= 0:
         return set(), None
-    pattern = ref.get("pattern")
+    pattern = ref.pattern
     try:
-        found = find_blocks(names, strip_wrapper(pattern) if isinstance(pattern, str) else None)
+        found = find_blocks(names, strip_wrapper(pattern) if pattern is not None else None)
         blocks = Blocks(pattern=found.pattern, num_blocks=found.num_blocks)
         return set(shared_tensor_names(names, blocks, min(n_shared, blocks.num_blocks))), None
     except InputError as exc:

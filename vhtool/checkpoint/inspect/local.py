@@ -7,9 +7,6 @@ from typing import Any
 
 from vhtool.checkpoint.inspect.adapter import adapter_record, adapter_report
 from vhtool.checkpoint.inspect.model import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    DEFAULT_ADAPTER_SUBFOLDER,
     PART_ADAPTER,
     PART_MODEL,
     PART_SIDECAR,
@@ -19,6 +16,7 @@ from vhtool.checkpoint.inspect.model import (
     Tensor,
 )
 from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint, open_checkpoint, read_json_object, safe_member
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, DEFAULT_ADAPTER_SUBFOLDER
 from vhtool.checkpoint.safetensors_io import TensorInfo, read_header
 from vhtool.errors import CheckpointError
 
@@ -85,7 +83,7 @@ def local_adapter(ckpt: Checkpoint) -> tuple[AdapterReport | None, list[Tensor]]
     weights = safe_member(root, f"{sub}/{ADAPTER_WEIGHTS}", "the reward adapter weights")
     rel = f"{sub}/{ADAPTER_WEIGHTS}"
     if not weights.is_file():
-        pickled = (folder / "adapter_model.bin").exists()
+        pickled = (folder / ADAPTER_PICKLE).exists()
         problems.append(
             f"{rel} is missing"
             + (" (only a pickle adapter_model.bin, which vhtool never unpickles)" if pickled else "")

@@ -12,14 +12,11 @@ from typing import Any
 
 from vhtool.checkpoint.conventions import KNOWN_HEADS
 from vhtool.checkpoint.layout import Checkpoint
+from vhtool.checkpoint.names import ADAPTER_CONFIG, DEFAULT_ADAPTER_SUBFOLDER
 from vhtool.checkpoint.safetensors_io import TensorInfo
 
 #: Version of the ``--json`` document (docs/inspect-schema.md). Bumped on any incompatible change.
 SCHEMA_VERSION = 1
-
-DEFAULT_ADAPTER_SUBFOLDER = "reward_model_adapter"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 #: Group kinds in display order.
 KINDS = ("embeddings", "block", "final_norm", "lm_head", "value_head", "reward_adapter", "other")

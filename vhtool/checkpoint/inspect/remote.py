@@ -12,9 +12,6 @@ from typing import TYPE_CHECKING, Any
 from vhtool.checkpoint.inspect.adapter import adapter_record, adapter_report
 from vhtool.checkpoint.inspect.local import load_local
 from vhtool.checkpoint.inspect.model import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    DEFAULT_ADAPTER_SUBFOLDER,
     PART_ADAPTER,
     PART_MODEL,
     PART_SIDECAR,
@@ -32,6 +29,8 @@ from vhtool.checkpoint.layout import (
     TensorLocation,
     read_json_object,
 )
+from vhtool.checkpoint.manifest import Manifest
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DEFAULT_ADAPTER_SUBFOLDER
 from vhtool.checkpoint.safetensors_io import DTYPE_SIZES, SafetensorsHeader, TensorInfo
 from vhtool.errors import CheckpointError, InputError
 
@@ -71,7 +70,11 @@ def _load_remote(repo: RemoteRepo) -> Loaded:
     if SINGLE_FILE not in repo.files and INDEX_FILE not in repo.files:
         raise InputError(f"{where}: not a checkpoint (no {SINGLE_FILE} or {INDEX_FILE} in the repo).")
     config = read_json_object(repo.download("config.json"), "config.json")
-    manifest = read_json_object(repo.download(MANIFEST_FILE), "vhtool.json") if MANIFEST_FILE in repo.files else None
+    manifest = (
+        Manifest.from_json(read_json_object(repo.download(MANIFEST_FILE), MANIFEST_FILE))
+        if MANIFEST_FILE in repo.files
+        else None
+    )
     weights = repo.weights()
     if weights.sharded:
         missing = sorted(set(weights.weight_map.values()) - repo.files)

@@ -1,0 +1,146 @@
+"""Where records come from: :class:`InputSpec` (a file, a stream or texts), read lazily as :class:`InputItem`\\ s.
+
+The format (JSONL or plain text) is decided by the file's suffix, else by the first non-blank line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from vhtool.errors import InputError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input record as read: its 0-based ``index``, 1-based ``line``, and payload (or a read error)."""
+
+    index: int
+    line: int
+    payload: Any
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where records come from: a file (``path``), a text stream (``stream``, e.g. stdin), or ``texts``.
+
+    Format (``ScoreOptions.input_format="auto"``): a file ending in ``.jsonl``/``.json``/``.ndjson`` is
+    JSONL, one ending in ``.txt``/``.text`` is plain text; otherwise (and for a stream) the first
+    non-blank line decides: a JSON object means JSONL, anything else plain text. In JSONL, blank lines
+    are not records; in plain text every line is one record (an empty line is an empty text).
+    """
+
+    path: Path | None = None
+    stream: TextIO | None = None
+    texts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        given = sum(x is not None for x in (self.path, self.stream, self.texts))
+        if given != 1:
+            raise InputError("give exactly one input: --input FILE, --input - (stdin), or --text (repeatable).")
+
+    @property
+    def rereadable(self) -> bool:
+        return self.stream is None
+
+    def label(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return "stdin" if self.stream is not None else "--text"
+
+
+def _sniff(first: str | None) -> str:
+    """JSONL when the first non-empty line is a JSON object or array (an array line is then a bad record,
+    never scored as the text ``[...]``); plain text otherwise (a line like ``42`` or ``"hi"`` is text)."""
+    if first is None:
+        return "text"
+    try:
+        return "jsonl" if isinstance(json.loads(first), (dict, list)) else "text"
+    except (ValueError, RecursionError):
+        return "text"
+
+
+def _numbered_lines(spec: InputSpec) -> Iterator[tuple[int, str]]:
+    if spec.path is not None:
+        with open(spec.path, encoding="utf-8", newline="") as fh:
+            for n, raw in enumerate(fh, 1):
+                yield n, raw.rstrip("\r\n")
+    else:
+        assert spec.stream is not None
+        for n, raw in enumerate(spec.stream, 1):
+            yield n, raw.rstrip("\r\n")
+
+
+def read_inputs(spec: InputSpec, input_format: str = "auto") -> tuple[str, Iterator[InputItem]]:
+    """Opens ``spec`` and returns ``(format, items)``; items stream lazily, in input order.
+
+    Raises:
+        InputError: the file does not exist, is a directory, or is not UTF-8 text.
+    """
+    if spec.texts is not None:
+        texts = spec.texts
+        return "text", (InputItem(i, i + 1, t) for i, t in enumerate(texts))
+    if spec.path is not None:
+        if not spec.path.exists():
+            raise InputError(f"{spec.path}: no such input file.")
+        if spec.path.is_dir():
+            raise InputError(f"{spec.path}: is a directory, not an input file.")
+    lines = _numbered_lines(spec)
+    fmt = input_format
+    buffered: list[tuple[int, str]] = []
+    if fmt == "auto" and spec.path is not None and spec.path.suffix.lower() in JSONL_SUFFIXES:
+        fmt = "jsonl"
+    elif fmt == "auto" and spec.path is not None and spec.path.suffix.lower() in TEXT_SUFFIXES:
+        fmt = "text"
+    elif fmt == "auto":
+        first: str | None = None
+        try:
+            for n, line in lines:
+                buffered.append((n, line))
+                if line.strip():
+                    first = line
+                    break
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{spec.label()}: not UTF-8 text ({exc.reason}).") from None
+        fmt = _sniff(first)
+    return fmt, _items(spec, fmt, buffered, lines)
+
+
+def _items(
+    spec: InputSpec, fmt: str, buffered: list[tuple[int, str]], rest: Iterator[tuple[int, str]]
+) -> Iterator[InputItem]:
+    def all_lines() -> Iterator[tuple[int, str]]:
+        yield from buffered
+        try:
+            yield from rest
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{spec.label()}: not UTF-8 text ({exc.reason}).") from None
+
+    index = 0
+    for n, line in all_lines():
+        if fmt == "text":
+            yield InputItem(index, n, line)
+            index += 1
+            continue
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            yield InputItem(index, n, None, f"invalid JSON ({exc})")
+        else:
+            if isinstance(doc, dict):
+                yield InputItem(index, n, doc)
+            else:
+                yield InputItem(index, n, None, f"expected a JSON object, got {type(doc).__name__}")
+        index += 1
+
+
+__all__ = ["JSONL_SUFFIXES", "TEXT_SUFFIXES", "InputItem", "InputSpec", "read_inputs"]
