@@ -78,10 +78,11 @@ def _tree_digest(root: Path) -> dict[str, tuple[int, str, float]]:
 
 
 def _local_files(root: Path) -> dict[str, bytes]:
+    """The files a push publishes: all but dotfiles and vhtool's built-in marker (never published)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and p.name != "builtin.json"
     }
 
 
@@ -259,8 +260,8 @@ def test_dry_run_offline_says_remote_not_checked(cli: Callable[..., Any], ckpts:
     # The autouse environment is offline (HF_HUB_OFFLINE=1) and has no token.
     doc = _json(_push(cli, ckpts["policy"], REPO, "--dry-run", "--json"))
     assert doc["remote"]["checked"] is False and "remote not checked" in doc["remote"]["note"]
-    assert {f["status"] for f in doc["files"]} == {"added"}
-    assert "no token found" in " ".join(doc["notes"])
+    assert {f["status"] for f in doc["files"]} == {"not checked"}  # never "added": nothing was compared
+    assert "no token found: the remote was not read" in " ".join(doc["notes"])
 
 
 def test_push_while_offline_exit_1(
@@ -299,7 +300,8 @@ def test_dry_run_unreachable_hub_says_remote_not_checked(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     res = _push(cli, ckpts["policy"], REPO, "--dry-run")
     assert res.exit_code == 0, res.stderr
-    assert "remote not checked (unreachable" in res.stdout and "added     model.safetensors" in res.stdout
+    assert "remote not checked (unreachable" in res.stdout and "not checked model.safetensors" in res.stdout
+    assert "added" not in res.stdout
     monkeypatch.setenv("HF_TOKEN", "hf_unused_token_for_this_test")
     res = _push(cli, ckpts["policy"], REPO)
     assert res.exit_code == 1 and "the Hub is unreachable" in res.stderr and "nothing was pushed" in res.stderr

@@ -195,9 +195,12 @@ def test_attach_writes_policy_adapter_and_manifest(world: dict[str, Any]) -> Non
     assert js["adapted_modules"] == 6  # c_attn, attn.c_proj, mlp.c_proj x 2 layers and js["score_shape"] == [1, 32]
 
 
-def test_attach_default_output_and_out_exists(world: dict[str, Any], cli: Callable[..., Any]) -> None:
+def test_attach_default_output_and_out_exists(
+    world: dict[str, Any], cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = world["llama"]
-    default = w["policy"].parent / f"{w['policy'].name}-with-reward"
+    monkeypatch.chdir(tmp_path)
+    default = tmp_path / f"{w['policy'].name}-with-reward"  # in the current directory, not next to the policy
     res = cli("attach-reward-adapter", w["policy"], w["adapter"], "--quiet")
     assert res.exit_code == 0, res.stderr
     assert (default / "reward_model_adapter" / "adapter_model.safetensors").is_file()

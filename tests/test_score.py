@@ -437,11 +437,11 @@ def test_usage_errors(ckpts: dict[str, Path], work: Path, tmp_path: Path) -> Non
         ((g, "-i", tmp_path), "is a directory"),
         ((g, "--text", "a", "-i", "-"), "not both"),
         ((g, "--text", "a", "--head", "reward"), "has no reward adapter"),
-        ((g, "--text", "a", "--head", "policy"), "head must be one of reward, value"),
+        ((g, "--text", "a", "--head", "policy"), "'policy' is not one of 'reward', 'value'"),
         ((g, "--text", "a", "--max-length", 600), "more than the model's 512 positions"),
-        ((g, "--text", "a", "--dtype", "int8"), "dtype must be one of"),
+        ((g, "--text", "a", "--dtype", "int8"), "'int8' is not one of 'float32'"),
         ((g, "--text", "a", "--device", "cuda"), "no CUDA device"),
-        ((g, "--text", "a", "--on-error", "ignore"), "on-error must be one of"),
+        ((g, "--text", "a", "--on-error", "ignore"), "'ignore' is not one of 'fail', 'skip'"),
         ((tmp_path / "nope", "--text", "a"), "no such directory"),
     ]
     for args, message in cases:

@@ -357,7 +357,10 @@ def test_device_map_option_errors(ckpts: dict[str, Path], tmp_path: Path) -> Non
     cases = [
         (("--max-memory", "cpu=1GB"), "--max-memory applies to big-model loading only; add --device-map auto"),
         (("--offload-folder", tmp_path), "--offload-folder applies to big-model loading only"),
-        (("--device-map", "everywhere"), "device-map must be one of auto, balanced, balanced_low_0, sequential"),
+        (
+            ("--device-map", "everywhere"),
+            "'everywhere' is not one of 'auto', 'balanced', 'balanced_low_0', 'sequential'",
+        ),
         (("--device-map", "auto", "--max-memory", "cpu"), "'cpu' is not DEVICE=SIZE"),
         (("--device-map", "auto", "--max-memory", "gpu7=1GB"), "unknown device 'gpu7'"),
         (("--device-map", "auto", "--max-memory", "cpu=lots"), "'lots' is not a size"),

@@ -23,6 +23,8 @@ from vhtool.errors import CheckpointError, VerificationError
 _EXTRA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 #: Never part of a published checkpoint: pickle weights, locks, temp files, editor leftovers.
 _NEVER_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".lock", ".tmp", ".part", ".incomplete", "~", ".swp")
+#: vhtool's internal files that a checkpoint may carry but a published repo must not: the marker of a built-in.
+_INTERNAL_FILES = {"builtin.json": "vhtool's marker of a built-in model, not part of the checkpoint"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, st
                     chosen.append((rel, _member(root, rel, required=True, link_out=False)))
             else:
                 skipped.append((name + "/", "folder not referenced by vhtool.json"))
+            continue
+        if name in _INTERNAL_FILES and name not in required:
+            skipped.append((name, _INTERNAL_FILES[name]))
             continue
         if name in required:
             chosen.append((name, _member(root, name, required=True, link_out=name in linked)))

@@ -28,6 +28,11 @@ from vhtool.hub.remote_diff import file_status, git_blob_sha1_bytes, is_stale_we
 from vhtool.hub.remote_state import RemoteState, read_remote_state, read_remote_text
 from vhtool.hub.token import resolve_token
 
+#: The status of every file of a dry run that could not read the remote (offline, unreachable).
+NOT_CHECKED = "not checked"
+#: Statuses of files a push sends (``not checked``: it would be sent unless the remote already has it).
+_TO_UPLOAD = ("added", "changed", NOT_CHECKED)
+
 
 @dataclass(frozen=True)
 class PlannedFile:
@@ -36,7 +41,7 @@ class PlannedFile:
     path_in_repo: str
     size: int
     sha256: str
-    status: str  # added | changed | unchanged | deleted
+    status: str  # added | changed | unchanged | deleted | not checked (a dry run that could not read the remote)
     origin: str  # checkpoint | generated | remote (a stale remote weight file to delete)
     local: Path | None = None
     content: bytes | None = field(default=None, repr=False)
@@ -77,11 +82,12 @@ class PushResult:
 
     @property
     def bytes_to_upload(self) -> int:
-        return sum(f.size for f in self.files if f.status in ("added", "changed"))
+        """Bytes of the files to upload (an upper bound when the remote was not checked)."""
+        return sum(f.size for f in self.files if f.status in _TO_UPLOAD)
 
     @property
     def nothing_to_push(self) -> bool:
-        return not self.paths("added", "changed", "deleted")
+        return not self.paths(*_TO_UPLOAD, "deleted")
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -95,7 +101,7 @@ class PushResult:
             "files": [f.to_json() for f in self.files],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "bytes_to_upload": self.bytes_to_upload,
-            "uploaded" if not self.dry_run else "to_upload": self.paths("added", "changed"),
+            "uploaded" if not self.dry_run else "to_upload": self.paths(*_TO_UPLOAD),
             "unchanged": self.paths("unchanged"),
             "deleted" if not self.dry_run else "to_delete": self.paths("deleted"),
             "nothing_to_push": self.nothing_to_push,
@@ -183,7 +189,8 @@ def push_checkpoint(
     notes: list[str] = []
     remote, siblings = read_remote_state(repo_id, branch, token=auth, strict=not dry_run)
     if dry_run and tok is None:
-        notes.append(f"no token found: the remote was read anonymously; a push needs one ({TOKEN_HELP})")
+        read = "the remote was read anonymously" if remote.checked else "the remote was not read"
+        notes.append(f"no token found: {read}; a push needs one ({TOKEN_HELP})")
 
     card_origin = "checkpoint" if any(f.path_in_repo == CARD_FILE for f in local_files) else "generated"
     if card_origin == "generated":
@@ -219,8 +226,8 @@ def push_checkpoint(
     for path, sib in sorted(siblings.items()):
         if path not in ours and is_stale_weight(path, adapter_dir):
             planned.append(PlannedFile(path, sib.size or 0, sib.lfs_sha256 or "", "deleted", "remote"))
-    if not remote.checked:
-        planned = [f for f in planned if f.status != "deleted"]
+    if not remote.checked:  # only a dry run gets here: every file would be sent, but nothing was compared
+        planned = [dataclasses.replace(f, status=NOT_CHECKED) for f in planned if f.status != "deleted"]
 
     result = PushResult(
         checkpoint=Path(checkpoint),
@@ -281,4 +288,4 @@ def push_checkpoint(
     )
 
 
-__all__ = ["PlannedFile", "PushResult", "local_checkpoint_dir", "push_checkpoint"]
+__all__ = ["NOT_CHECKED", "PlannedFile", "PushResult", "local_checkpoint_dir", "push_checkpoint"]

@@ -18,13 +18,19 @@ from vhtool.cli import (
     score_cmd,
     verify_cmd,
 )
-from vhtool.cli.common import error_doc, set_debug, write_json
+from vhtool.cli.common import VhtoolCommand, error_doc, examples, set_debug, write_json
 
 app = typer.Typer(
     name="vhtool",
     help="Build, inspect, score and publish value-head checkpoints for RLHF, out of core.",
+    epilog=examples(
+        "vhtool init builtin:tiny-gpt2",
+        "vhtool inspect-layers tiny-gpt2-value-head",
+        "vhtool make-reference tiny-gpt2-value-head --shared-layers 1",
+        "vhtool score tiny-gpt2-value-head --text 'Hello there.'",
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -41,19 +47,28 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (also VHTOOL_DEBUG=1).")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks, and the libraries' warnings, logs and progress bars (also VHTOOL_DEBUG=1).",
+        ),
+    ] = False,
 ) -> None:
     set_debug(debug)
 
 
-app.command("init")(init_cmd.init_command)
-app.command("make-reference")(reference_cmd.make_reference_command)
-app.command("attach-reward-adapter")(attach_cmd.attach_command)
-app.command("score")(score_cmd.score_command)
-app.command("inspect-layers")(inspect_cmd.inspect_command)
-app.command("verify")(verify_cmd.verify_command)
-app.command("convert")(convert_cmd.convert_command)
-app.command("push")(push_cmd.push_command)
+for _name, _module, _fn in (
+    ("init", init_cmd, init_cmd.init_command),
+    ("make-reference", reference_cmd, reference_cmd.make_reference_command),
+    ("attach-reward-adapter", attach_cmd, attach_cmd.attach_command),
+    ("score", score_cmd, score_cmd.score_command),
+    ("inspect-layers", inspect_cmd, inspect_cmd.inspect_command),
+    ("verify", verify_cmd, verify_cmd.verify_command),
+    ("convert", convert_cmd, convert_cmd.convert_command),
+    ("push", push_cmd, push_cmd.push_command),
+):
+    app.command(_name, cls=VhtoolCommand, epilog=_module.EXAMPLES)(_fn)
 
 
 def main() -> None:

@@ -11,28 +11,49 @@ from vhtool.cli.common import (
     ForceOpt,
     HashLinksOpt,
     JsonOpt,
+    LinkMode,
     LinkOpt,
     NoFsyncOpt,
     Out,
     OutOpt,
     QuietOpt,
     RevisionOpt,
+    default_out,
+    examples,
     handle_errors,
+)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-llama -o policy",
+    "vhtool attach-reward-adapter policy reward-lora    # reward-lora: your PEFT LoRA reward adapter",
+    "vhtool attach-reward-adapter policy reward-lora --adapter-name rm -o policy-rm --json",
+    "vhtool score policy-with-reward --text 'Hello there.'",
 )
 
 
 @handle_errors
 def attach_command(
     policy: Annotated[
-        str, typer.Argument(help="The policy checkpoint (e.g. `vhtool init` output): directory, Hub id or builtin:*.")
+        str,
+        typer.Argument(
+            metavar="POLICY",
+            help="The policy checkpoint (e.g. `vhtool init` output): directory, Hub id or builtin:*.",
+            show_default=False,
+        ),
     ],
-    adapter: Annotated[str, typer.Argument(help="A PEFT reward adapter: local directory or Hub id.")],
+    adapter: Annotated[
+        str,
+        typer.Argument(
+            metavar="ADAPTER", help="A PEFT reward adapter: local directory or Hub id.", show_default=False
+        ),
+    ],
     adapter_name: Annotated[
-        str, typer.Option("--adapter-name", help="PEFT adapter name and the subfolder it is stored in.")
+        str,
+        typer.Option("--adapter-name", metavar="NAME", help="PEFT adapter name and the subfolder it is stored in."),
     ] = "reward_model_adapter",
     output: OutOpt = None,
     revision: RevisionOpt = None,
-    link: LinkOpt = "auto",
+    link: LinkOpt = LinkMode("auto"),
     hash_links: HashLinksOpt = False,
     allow_pickle: Annotated[
         bool,
@@ -51,14 +72,15 @@ def attach_command(
     (saved via task_type="SEQ_CLS" / modules_to_save=["score"]), adapting modules the policy has, with
     the policy's hidden size and architecture. OUT holds the policy's files, the adapter in the
     subfolder --adapter-name, and a vhtool.json entry, so `AutoModelForCausalLMWithValueHead.from_pretrained(OUT)`
-    can call `compute_reward_score` at once. Default OUT: <POLICY>-with-reward.
+    can call `compute_reward_score` at once. Default OUT: ./<POLICY name>-with-reward in the current
+    directory (next to POLICY when you are inside it).
     """
-    from vhtool.checkpoint.attach_op import attach_reward_adapter, default_output_name
+    from vhtool.checkpoint.attach_op import attach_reward_adapter
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
     policy_source = resolve_source(policy)
-    target = output if output is not None else default_output_name(policy_source.name_path)
+    target = output if output is not None else default_out(policy_source.name_path, "with-reward")
     source = resolve_source(adapter, revision=revision, allow_pickle=allow_pickle, what="the adapter")
     with ExitStack() as stack:
         factory = stack.enter_context(out.progress("copying policy weights"))
@@ -68,7 +90,7 @@ def attach_command(
             target,
             adapter_name=adapter_name,
             adapter_source=source.record(),
-            link=link,
+            link=link.value,
             force=force,
             allow_pickle=allow_pickle,
             want_hash=hash_links,

@@ -2,31 +2,113 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
+import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
+import typer.core
 
+from vhtool.checkpoint.copyio import LINK_MODES
 from vhtool.errors import VhtoolError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ------------------------------------------------------------------------------------------------ typed choices
+class Choice(str, enum.Enum):
+    """Base of the CLI's choice types: a str enum whose members are the core's allowed values."""
+
+    def __str__(self) -> str:  # `--help` defaults and messages show the value, not `LinkMode.auto`
+        return str(self.value)
+
+
+def choice_enum(name: str, values: Sequence[str | None]) -> type[Choice]:
+    """A :class:`Choice` enum built from a core constant (``LINK_MODES``, ``TARGETS`` ...), so they cannot drift.
+
+    ``None`` entries (the core's "not given") are left out: an option that may be omitted defaults to None.
+    """
+    members = {v: v for v in values if v is not None}
+    functional: Any = Choice  # the functional Enum API (typeshed types Choice(...) as str's constructor)
+    return cast("type[Choice]", functional(name, members))
+
+
+if TYPE_CHECKING:  # mypy sees one static type; at run time each alias is an Enum built from the core's values
+    LinkMode = Choice
+else:
+    LinkMode = choice_enum("LinkMode", LINK_MODES)
+
+
+class VhtoolCommand(typer.core.TyperCommand):
+    """A command whose help names its arguments in words: ``MODEL``, not ``{model}`` or ``model <str>``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args: list[tuple[str, str]] = []
+        opts: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                # the metavar says what it is (MODEL, CHECKPOINT); the type name (<str>) says nothing more
+                args.append((str(getattr(param, "display_name_raw", record[0])), record[1]))
+            elif param.param_type_name == "option":
+                opts.append(record)
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
+
+
+def examples(*lines: str) -> str:
+    """An ``Examples:`` epilog whose command lines are printed as written (``\\b`` stops the rewrapping)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines) + "\n"
+
+
+def default_out(source: Path, suffix: str) -> Path:
+    """The default OUT of a writing command: ``./<name>-<suffix>`` in the current directory.
+
+    ``<name>`` is the input's name (a directory's, a Hub repo's or a built-in's). When the current directory is
+    the input itself or lies inside it, OUT goes next to the input instead, so the input is never written into.
+    """
+    here = Path.cwd().resolve()
+    src = Path(source)
+    real = src.resolve()
+    name = real.name if src.is_absolute() or src.exists() else src.name
+    name = name or "model"
+    if src.exists() and (here == real or real in here.parents):
+        return Path(os.path.relpath(real.parent / f"{name}-{suffix}"))
+    return Path(f"{name}-{suffix}")
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout; logs go to stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace OUT if it exists (only once the new one is complete).")
 ]
-OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output directory.", show_default=False)]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", metavar="OUT", help="Output directory (default: see above).", show_default=False),
+]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", metavar="REV", help="Hub revision (branch, tag or commit).")
+]
 LinkOpt = Annotated[
-    str,
+    LinkMode,
     typer.Option(
         "--link",
         help=(
@@ -165,6 +247,67 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
+#: Set while a command runs (a user's own setting wins): read by transformers / huggingface_hub when they load.
+_QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_VERBOSITY": "error",
+}
+#: Libraries whose warnings say nothing a vhtool user can act on (deprecations, internals of a load).
+_LIBRARY_MODULES = r"(transformers|peft|torch|huggingface_hub|accelerate|safetensors|tokenizers|tqdm)(\.|$)"
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silences the libraries' warnings, logs and progress bars for one command, unless ``--debug``.
+
+    Nothing is imported here (``vhtool --help`` stays fast): a library already loaded is quietened through
+    its own verbosity API and restored afterwards; one loaded during the command reads the environment
+    variables set here. Deprecation and future warnings are dropped; vhtool's own warnings still show.
+    """
+    if debug_enabled():
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    undo: list[Callable[[], None]] = []
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        level = tf_logging.get_verbosity()
+        bars = tf_logging.is_progress_bar_enabled()
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+        undo.append(lambda: tf_logging.set_verbosity(level))
+        if bars:
+            undo.append(tf_logging.enable_progress_bar)
+    hub_utils = sys.modules.get("huggingface_hub.utils")
+    if hub_utils is not None:
+        hub_logging = hub_utils.logging
+        hub_level = hub_logging.get_verbosity()
+        hub_bars = not hub_utils.are_progress_bars_disabled()
+        hub_logging.set_verbosity_error()
+        if hub_bars:
+            hub_utils.disable_progress_bars()
+            undo.append(hub_utils.enable_progress_bars)
+        undo.append(lambda: hub_logging.set_verbosity(hub_level))
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
+            yield
+    finally:
+        for step in reversed(undo):
+            step()
+        for key, old in saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 def handle_errors(fn: F) -> F:
     """Maps exceptions to the documented exit codes: VhtoolError -> its code; anything else -> 1."""
 
@@ -174,7 +317,8 @@ def handle_errors(fn: F) -> F:
         json_mode = bool(kwargs.get("json_out"))
         _json_pending = None
         try:
-            result = fn(*args, **kwargs)
+            with quiet_libraries():
+                result = fn(*args, **kwargs)
         except typer.Exit:
             _flush_json(json_mode)
             raise

@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, NoFsyncOpt, Out, OutOpt, QuietOpt, handle_errors
+from vhtool.checkpoint.conventions import CONVENTIONS
+from vhtool.checkpoint.convert.naming import HEAD_NAMES
+from vhtool.cli.common import (
+    Choice,
+    ForceOpt,
+    JsonOpt,
+    NoFsyncOpt,
+    Out,
+    OutOpt,
+    QuietOpt,
+    choice_enum,
+    default_out,
+    examples,
+    handle_errors,
+)
+
+if TYPE_CHECKING:
+    Target = Choice
+    HeadName = Choice
+else:
+    Target = choice_enum("Target", CONVENTIONS)  # convert.TARGETS is CONVENTIONS
+    HeadName = choice_enum("HeadName", HEAD_NAMES)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2 --v-head-init normal -o policy",
+    "vhtool convert policy --to seq-cls",
+    "vhtool convert policy-seq-cls --to vhtool -o policy-again",
+    "vhtool convert policy --to token-cls --head-name score --json",
+)
 
 
 @handle_errors
 def convert_command(
     src: Annotated[
-        str, typer.Argument(help="A checkpoint (vhtool, sidecar, seq-cls or token-cls): directory, Hub id, builtin:*.")
+        str,
+        typer.Argument(
+            metavar="SRC",
+            help="A checkpoint (vhtool, sidecar, seq-cls or token-cls): directory, Hub id, builtin:*.",
+            show_default=False,
+        ),
     ],
     to: Annotated[
-        str,
+        Target,
         typer.Option(
             "--to",
             help=(
@@ -30,7 +62,7 @@ def convert_command(
     ],
     output: OutOpt = None,
     head_name: Annotated[
-        str | None,
+        HeadName | None,
         typer.Option(
             "--head-name",
             help=(
@@ -42,7 +74,11 @@ def convert_command(
     ] = None,
     pad_token_id: Annotated[
         int | None,
-        typer.Option("--pad-token-id", help="Set pad_token_id in config.json (seq-cls needs one to score batches)."),
+        typer.Option(
+            "--pad-token-id",
+            metavar="ID",
+            help="Set pad_token_id in config.json (seq-cls needs one to score batches).",
+        ),
     ] = None,
     allow_lossy: Annotated[
         bool,
@@ -58,21 +94,22 @@ def convert_command(
     SRC's convention is detected from its headers. Tensor bytes are streamed by the kernel, shard by
     shard (constant memory); the LM head is dropped (classifier targets) or required (vhtool, sidecar);
     config.json gets the target's architectures and num_labels=1. Information the target cannot hold
-    is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>.
+    is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>
+    in the current directory (next to SRC when you are inside it).
     """
-    from vhtool.checkpoint.convert import convert_checkpoint, default_output_name
+    from vhtool.checkpoint.convert import convert_checkpoint
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
     source = resolve_source(src)
-    target = output if output is not None else Path(default_output_name(source.name_path, to))
+    target = output if output is not None else default_out(source.name_path, to.value)
     with ExitStack() as stack:
         factory = stack.enter_context(out.progress("converting"))
         result = convert_checkpoint(
             source.path,
             target,
-            to=to,
-            head_name=head_name,
+            to=to.value,
+            head_name=None if head_name is None else head_name.value,
             pad_token_id=pad_token_id,
             allow_lossy=allow_lossy,
             force=force,

@@ -3,38 +3,64 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vhtool.checkpoint.init_op import INIT_STRATEGIES
 from vhtool.cli.common import (
+    Choice,
     ForceOpt,
     HashLinksOpt,
     JsonOpt,
+    LinkMode,
     LinkOpt,
     NoFsyncOpt,
     Out,
     OutOpt,
     QuietOpt,
     RevisionOpt,
+    choice_enum,
+    default_out,
+    examples,
     handle_errors,
+)
+
+if TYPE_CHECKING:
+    VHeadInit = Choice
+else:
+    VHeadInit = choice_enum("VHeadInit", INIT_STRATEGIES)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2",
+    "vhtool init builtin:tiny-llama --v-head-init normal --seed 1 -o policy",
+    "vhtool init builtin:tiny-gpt2 -o gpt2-policy --link copy --json",
 )
 
 
 @handle_errors
 def init_command(
-    model: Annotated[str, typer.Argument(help="Local directory, Hub id, or a built-in (builtin:tiny-gpt2, ...).")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="Local directory, Hub id, or a built-in (builtin:tiny-gpt2, ...).",
+            show_default=False,
+        ),
+    ],
     output: OutOpt = None,
     v_head_init: Annotated[
-        str, typer.Option("--v-head-init", help="random (nn.Linear's default) or normal (N(0, range), zero bias).")
-    ] = "random",
+        VHeadInit,
+        typer.Option("--v-head-init", help="random (nn.Linear's default) or normal (N(0, range), zero bias)."),
+    ] = VHeadInit("random"),
     v_head_initializer_range: Annotated[
-        float, typer.Option("--v-head-initializer-range", help="Std of the normal init.")
+        float, typer.Option("--v-head-initializer-range", metavar="STD", help="Std of the normal init.")
     ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the value-head init (same seed, same bytes).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Seed of the value-head init (same seed, same bytes).")
+    ] = 0,
     revision: RevisionOpt = None,
-    link: LinkOpt = "auto",
+    link: LinkOpt = LinkMode("auto"),
     hash_links: HashLinksOpt = False,
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Accept a pickle-only source (read with weights_only=True).")
@@ -51,15 +77,15 @@ def init_command(
 
     A single-file source stays one file (the value head added to its header, the data streamed by the
     kernel), so TRL 1.12.0 can load it; a sharded source keeps its shards and gains a small value-head
-    shard. Default OUT: ./<model-name>-value-head.
+    shard. Default OUT: ./<MODEL name>-value-head in the current directory.
     """
-    from vhtool.checkpoint.init_op import HeadSpec, default_output_name, init_checkpoint
+    from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    head = HeadSpec(strategy=v_head_init, initializer_range=v_head_initializer_range, seed=seed)
-    target = output if output is not None else Path(default_output_name(model))
+    head = HeadSpec(strategy=v_head_init.value, initializer_range=v_head_initializer_range, seed=seed)
     source = resolve_source(model, revision=revision, allow_pickle=allow_pickle)
+    target = output if output is not None else default_out(source.name_path, "value-head")
     with ExitStack() as stack:
         src_dir = source.path
         if allow_pickle:
@@ -72,7 +98,7 @@ def init_command(
             target,
             head=head,
             source=source.record(),
-            link=link,
+            link=link.value,
             force=force,
             want_hash=hash_links,
             progress_factory=factory,

@@ -6,8 +6,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, examples, handle_errors
 from vhtool.errors import InputError, VerificationError
+
+EXAMPLES = examples(
+    "vhtool inspect-layers builtin:tiny-gpt2",
+    "vhtool init builtin:tiny-gpt2",
+    "vhtool inspect-layers tiny-gpt2-value-head --filter '*.0.*' --tensors",
+    "vhtool inspect-layers tiny-gpt2-value-head --diff builtin:tiny-gpt2 --json",
+)
 
 if TYPE_CHECKING:
     from vhtool.checkpoint.inspect import DiffResult, InspectResult
@@ -16,7 +23,12 @@ if TYPE_CHECKING:
 @handle_errors
 def inspect_command(
     checkpoint: Annotated[
-        str, typer.Argument(help="Local checkpoint directory, Hub repo id, or a built-in (builtin:tiny-gpt2, ...).")
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="Local checkpoint directory, Hub repo id, or a built-in (builtin:tiny-gpt2, ...).",
+            show_default=False,
+        ),
     ],
     filter_glob: Annotated[
         str | None,
@@ -41,7 +53,9 @@ def inspect_command(
     ] = False,
     diff: Annotated[
         str | None,
-        typer.Option("--diff", metavar="B", help="Compare with checkpoint B: tensors only in one, other shape/dtype."),
+        typer.Option(
+            "--diff", metavar="CHECKPOINT_B", help="Compare with CHECKPOINT_B: tensors only in one, other shape/dtype."
+        ),
     ] = None,
     hash_bytes: Annotated[
         bool, typer.Option("--hash", help="With --diff: also compare tensor bytes (reads the data, shard by shard).")

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2",
+    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run",
+    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run --json",
+    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --private --dry-run -q",
+)
 
 
 def _mb(n: int) -> str:
@@ -16,22 +23,44 @@ def _mb(n: int) -> str:
 
 @handle_errors
 def push_command(
-    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint directory to publish (never modified).")],
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo NAMESPACE/NAME; created when missing.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="The checkpoint directory to publish (never modified).", show_default=False
+        ),
+    ],
+    repo_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="REPO_ID", help="Hub model repo NAMESPACE/NAME; created when missing.", show_default=False
+        ),
+    ],
     private: Annotated[
         bool, typer.Option("--private", help="Create the repo private (an existing one is left as is).")
     ] = False,
     revision: Annotated[
-        str | None, typer.Option("--revision", help="Branch to push to (created from main when missing).")
+        str | None,
+        typer.Option("--revision", metavar="BRANCH", help="Branch to push to (created from main when missing)."),
     ] = None,
-    commit_message: Annotated[str | None, typer.Option("--commit-message", help="Commit title.")] = None,
+    commit_message: Annotated[
+        str | None, typer.Option("--commit-message", metavar="TEXT", help="Commit title (default: Upload <name>).")
+    ] = None,
     create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be uploaded (added/changed/unchanged); write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would be uploaded (added/changed/unchanged, or 'not checked' when the Hub cannot be "
+            "reached); write nothing.",
+        ),
     ] = False,
     token: Annotated[
         str | None,
-        typer.Option("--token", help="Hub token (default: HF_TOKEN, then the `hf auth login` cache). Never printed."),
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help="Hub token (default: HF_TOKEN, then the `hf auth login` cache). Never printed.",
+        ),
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -44,7 +73,7 @@ def push_command(
     """
     from rich.markup import escape
 
-    from vhtool.checkpoint.push_op import push_checkpoint
+    from vhtool.checkpoint.push_op import NOT_CHECKED, push_checkpoint
 
     out = Out(json_mode=json_out, quiet=quiet)
     result = push_checkpoint(
@@ -66,10 +95,18 @@ def push_command(
     where = f"{result.repo_id}@{result.revision}"
     if dry_run:
         out.result(f"Plan for {escape(where)}: {escape(result.remote.note)}")
+        width = max((len(f.status) for f in result.files), default=9)
         for f in result.files:
-            out.result(f"  {f.status:<9} {escape(f.path_in_repo):<48} {_mb(f.size):>12}")
+            out.result(f"  {f.status:<{width}} {escape(f.path_in_repo):<48} {_mb(f.size):>12}")
         for path, reason in result.skipped:
-            out.info(f"  skipped   {escape(path)} ({escape(reason)})")
+            out.info(f"  {'skipped':<{width}} {escape(path)} ({escape(reason)})")
+        if not result.remote.checked:
+            count = len(result.paths(NOT_CHECKED))
+            out.result(
+                f"{count} file(s), {_mb(result.bytes_to_upload)} at most to upload; the remote was not checked, so "
+                "files it already has are not known."
+            )
+            return
         verb = "nothing to push, remote is up to date" if result.nothing_to_push else "to upload"
         out.result(f"{len(result.paths('added', 'changed'))} file(s), {_mb(result.bytes_to_upload)} {verb}.")
         return

@@ -10,32 +10,51 @@ from vhtool.cli.common import (
     ForceOpt,
     HashLinksOpt,
     JsonOpt,
+    LinkMode,
     LinkOpt,
     NoFsyncOpt,
     Out,
     OutOpt,
     QuietOpt,
+    default_out,
+    examples,
     handle_errors,
+)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool make-reference policy --shared-layers 1",
+    "vhtool make-reference policy -o full-reference",
+    "vhtool inspect-layers policy-reference",
 )
 
 
 @handle_errors
 def make_reference_command(
     policy: Annotated[
-        str, typer.Argument(help="Policy checkpoint: directory (default: the current one), Hub id or builtin:*.")
+        str,
+        typer.Argument(
+            metavar="POLICY",
+            help="Policy checkpoint: directory (default: the current one), Hub id or builtin:*.",
+            show_default=False,
+        ),
     ] = ".",
     shared_layers: Annotated[
         int | None,
         typer.Option(
             "--shared-layers",
+            metavar="N",
             help="Share the embeddings and the first N blocks with the policy. Omit for a full frozen copy.",
         ),
     ] = None,
     pattern: Annotated[
-        str | None, typer.Option("--pattern", help="Block pattern, e.g. 'model.layers.{layer}' (default: detected).")
+        str | None,
+        typer.Option(
+            "--pattern", metavar="PATTERN", help="Block pattern, e.g. 'model.layers.{layer}' (default: detected)."
+        ),
     ] = None,
     output: OutOpt = None,
-    link: LinkOpt = "auto",
+    link: LinkOpt = LinkMode("auto"),
     hash_links: HashLinksOpt = False,
     no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
@@ -47,21 +66,21 @@ def make_reference_command(
     The reference holds the policy's weight files (copied or linked, never loaded), so it loads on its
     own; vhtool.json records the block pattern, N, the shared tensor names and the policy files' sha256.
     Load both with vhtool.load_policy_and_reference(policy, reference) to share those tensors in memory.
-    Default OUT: <POLICY>-reference.
+    Default OUT: ./<POLICY name>-reference in the current directory (next to POLICY when you are inside it).
     """
-    from vhtool.checkpoint.reference_op import default_reference_name, make_reference
+    from vhtool.checkpoint.reference_op import make_reference
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
     source = resolve_source(policy)
-    target = output if output is not None else default_reference_name(source.name_path)
+    target = output if output is not None else default_out(source.name_path, "reference")
     with out.progress("copying weights") as factory:
         result = make_reference(
             source.path,
             target,
             shared_layers=shared_layers,
             pattern=pattern,
-            link=link,
+            link=link.value,
             force=force,
             want_hash=hash_links,
             progress_factory=factory,

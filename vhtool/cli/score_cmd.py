@@ -4,16 +4,56 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.cli.common import ForceOpt, JsonOpt, Out, QuietOpt, handle_errors
+from vhtool.cli.common import (
+    Choice,
+    ForceOpt,
+    JsonOpt,
+    Out,
+    QuietOpt,
+    choice_enum,
+    debug_enabled,
+    examples,
+    handle_errors,
+)
 from vhtool.errors import InputError, VhtoolError
+from vhtool.models.scoring.options import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
+
+if TYPE_CHECKING:
+    Head = Choice
+    Join = Choice
+    DType = Choice
+    Device = Choice
+    OnError = Choice
+    InputFormat = Choice
+    DeviceMap = Choice
+else:
+    Head = choice_enum("Head", HEADS)
+    Join = choice_enum("Join", JOIN_MODES)
+    DType = choice_enum("DType", DTYPES)
+    Device = choice_enum("Device", DEVICES)
+    OnError = choice_enum("OnError", ON_ERROR)
+    InputFormat = choice_enum("InputFormat", FORMATS)
+    DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2",
+    "vhtool score tiny-gpt2-value-head --text 'Hello there.' --text 'Good night.'",
+    "printf 'first sample\\nsecond sample\\n' | vhtool score tiny-gpt2-value-head --input - -o scores.jsonl",
+    """echo '{"prompt": "Hi.", "completion": " Hello!"}' | vhtool score tiny-gpt2-value-head --input - --json""",
+)
+
+#: Library notices the scoring engine passes on as notes (it records every warning of the model load); only
+#: vhtool's own notes are for the user, the rest shows with --debug.
+_LIBRARY_NOTE = re.compile(r"\bis deprecated\b|\bwill be removed in\b|\bdeprecat", re.IGNORECASE)
 
 
 @contextmanager
@@ -80,12 +120,20 @@ def _summary_table(out: Out, summary: Any) -> None:
 
 @handle_errors
 def score_command(
-    checkpoint: Annotated[str, typer.Argument(help="Value-head checkpoint: local directory, Hub id or builtin:*.")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="Value-head checkpoint: local directory, Hub id or builtin:*.",
+            show_default=False,
+        ),
+    ],
     input_file: Annotated[
         str | None,
         typer.Option(
             "--input",
             "-i",
+            metavar="FILE",
             help=(
                 "JSONL (text | prompt+completion | input_ids per line) or plain text (one sample a line); "
                 "'-' reads stdin. .jsonl/.json/.ndjson is JSONL, .txt plain text, else the first line decides."
@@ -94,46 +142,64 @@ def score_command(
         ),
     ] = None,
     text: Annotated[
-        list[str] | None, typer.Option("--text", help="A text to score (repeatable).", show_default=False)
+        list[str] | None,
+        typer.Option("--text", metavar="TEXT", help="A text to score (repeatable).", show_default=False),
     ] = None,
     head: Annotated[
-        str | None,
-        typer.Option("--head", help="reward or value. Default: reward when an adapter is attached, else value."),
-    ] = None,
-    per_token: Annotated[bool, typer.Option("--per-token", help="Also emit the head's value at every token.")] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="At most N records per batch.", show_default=False)
-    ] = None,
-    max_batch_tokens: Annotated[
-        int, typer.Option("--max-batch-tokens", min=1, help="At most N padded tokens per batch.")
-    ] = 16384,
-    max_length: Annotated[
-        int | None,
-        typer.Option("--max-length", min=1, help="Truncate longer records to N tokens (flagged).", show_default=False),
-    ] = None,
-    join: Annotated[
-        str | None,
+        Head | None,
         typer.Option(
-            "--join",
-            help="prompt+completion as chat (the tokenizer's chat template) or concat. Default: chat if it has one.",
+            "--head",
+            help="The reward adapter's score or the value head's. Default: reward when an adapter is attached, "
+            "else value.",
             show_default=False,
         ),
     ] = None,
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="Compute dtype: float32, bfloat16, float16, auto (the checkpoint's).")
-    ] = "float32",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
+    per_token: Annotated[bool, typer.Option("--per-token", help="Also emit the head's value at every token.")] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, metavar="N", help="At most N records per batch.", show_default=False),
+    ] = None,
+    max_batch_tokens: Annotated[
+        int, typer.Option("--max-batch-tokens", min=1, metavar="N", help="At most N padded tokens per batch.")
+    ] = 16384,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            min=1,
+            metavar="N",
+            help="Truncate longer records to N tokens (flagged).",
+            show_default=False,
+        ),
+    ] = None,
+    join: Annotated[
+        Join | None,
+        typer.Option(
+            "--join",
+            help="How prompt+completion records are joined: with the tokenizer's chat template, or concatenated. "
+            "Default: chat if the tokenizer has a template.",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")] = DType(
+        "float32"
+    ),
+    device: Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")] = Device(
+        "auto"
+    ),
     on_error: Annotated[
-        str, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
-    ] = "fail",
-    input_format: Annotated[str, typer.Option("--format", help="Input format: auto, jsonl or text.")] = "auto",
+        OnError, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
+    ] = OnError("fail"),
+    input_format: Annotated[
+        InputFormat, typer.Option("--format", help="Input format (auto: from the suffix, else the first line).")
+    ] = InputFormat("auto"),
     device_map: Annotated[
-        str | None,
+        DeviceMap | None,
         typer.Option(
             "--device-map",
             help=(
-                "Big-model loading (accelerate): auto, balanced, balanced_low_0 or sequential. The model is split "
-                "over the GPUs and offloaded to CPU/disk as needed; --device is then ignored."
+                "Big-model loading (accelerate): the model is split over the GPUs and offloaded to CPU/disk "
+                "as needed; --device is then ignored."
             ),
             show_default=False,
         ),
@@ -142,6 +208,7 @@ def score_command(
         str | None,
         typer.Option(
             "--max-memory",
+            metavar="CAPS",
             help='With --device-map: a cap per device, e.g. cpu=200MB,0=20GiB or {"cpu": "200MB", "0": "20GiB"}.',
             show_default=False,
         ),
@@ -149,19 +216,25 @@ def score_command(
     offload_folder: Annotated[
         str | None,
         typer.Option(
-            "--offload-folder", help="With --device-map: where weights offloaded to disk go.", show_default=False
+            "--offload-folder",
+            metavar="DIR",
+            help="With --device-map: where weights offloaded to disk go.",
+            show_default=False,
         ),
     ] = None,
     dist_timeout: Annotated[
         float,
         typer.Option(
             "--dist-timeout",
+            metavar="SECONDS",
             help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
         ),
     ] = 1800.0,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the records (JSONL) to FILE, not stdout.", show_default=False),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write the records (JSONL) to FILE, not stdout.", show_default=False
+        ),
     ] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -192,17 +265,17 @@ def score_command(
     worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job
     out = Out(json_mode=json_out, quiet=quiet or worker)
     options = ScoreOptions(
-        head=head,
+        head=None if head is None else head.value,
         per_token=per_token,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         max_length=max_length,
-        join=join,
-        dtype=dtype,
-        device=device,
-        on_error=on_error,
-        input_format=input_format,
-        device_map=device_map,
+        join=None if join is None else join.value,
+        dtype=dtype.value,
+        device=device.value,
+        on_error=on_error.value,
+        input_format=input_format.value,
+        device_map=None if device_map is None else device_map.value,
         max_memory=max_memory,
         offload_folder=offload_folder,
     )
@@ -263,7 +336,8 @@ def score_command(
     if summary is None:  # a rank other than 0: rank 0 reports for the job
         return
     for note in summary.notes:
-        out.warn(note)
+        if debug_enabled() or not _LIBRARY_NOTE.search(note):
+            out.warn(note)
     if json_out:
         doc: dict[str, Any] = {"summary": summary.to_json()}
         if output is None:

@@ -6,14 +6,24 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors
 from vhtool.errors import VerificationError
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2",
+    "vhtool verify tiny-gpt2-value-head",
+    "vhtool verify tiny-gpt2-value-head --forward --hash",
+    "vhtool verify tiny-gpt2-value-head --json",
+)
 
 
 @handle_errors
 def verify_command(
     checkpoint: Annotated[
-        str, typer.Argument(help="The checkpoint: local directory, Hub id or builtin:*.", show_default=False)
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT", help="The checkpoint: local directory, Hub id or builtin:*.", show_default=False
+        ),
     ],
     forward: Annotated[
         bool,
@@ -29,9 +39,10 @@ def verify_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check CHECKPOINT: weight files against vhtool.json (size, sha256), index and headers, value head present,
-    [1, hidden] and finite, reward adapter well-formed.
+    """Check a checkpoint's integrity: files, index, headers, value head and reward adapter.
 
+    Weight files are checked against vhtool.json (size, sha256), the index against the headers, the
+    value head for presence, shape [1, hidden] and finite values, the reward adapter for its form.
     Exit 0 when every check passes, 1 with the list of failures, 2 when CHECKPOINT is not a checkpoint
     (missing, or no config.json).
     """

@@ -261,8 +261,7 @@ class PreTrainedModelWrapper(nn.Module):
                 f"initialised ({v_head_kwargs.get('v_head_init_strategy') or 'random'}). This is expected only when "
                 "starting PPO from a plain model."
             )
-            warnings.warn(msg, stacklevel=2)
-            logger.warning(msg)
+            warnings.warn(msg, stacklevel=2)  # once: a logger.warning too would print it twice without logging set up
         else:
             model.v_head_loaded = True
             model.v_head_source = where
