@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint
+from vhtool.choices import CONVENTIONS as CONVENTIONS
 from vhtool.errors import InputError
 
 VHEAD_WEIGHT = "v_head.summary.weight"
@@ -25,9 +26,6 @@ DESCRIPTIONS = {
     "value_head": "critic head (value_head.weight, OpenRLHF style)",
     "classifier": "token-classification head (classifier.weight, GPT-2 family)",
 }
-
-#: The conventions a checkpoint as a whole follows (what ``vhtool convert`` converts between).
-CONVENTIONS = ("vhtool", "sidecar", "seq-cls", "token-cls")
 
 #: Tensor-name prefixes of a causal LM's output projection (``embed_out`` is GPT-NeoX's).
 LM_HEAD_PREFIXES = ("lm_head.", "embed_out.")

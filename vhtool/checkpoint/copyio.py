@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vhtool.choices import LINK_MODES as LINK_MODES
 from vhtool.errors import InputError, OperationError
 
-LINK_MODES = ("auto", "copy", "reflink", "hardlink", "symlink")
 _FICLONE = 0x40049409
 _CHUNK = 64 * 1024 * 1024
 _HASH_CHUNK = 8 * 1024 * 1024

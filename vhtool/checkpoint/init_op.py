@@ -32,9 +32,9 @@ from vhtool.checkpoint.layout import (
 from vhtool.checkpoint.manifest import Manifest, SourceInfo, ValueHeadInfo, files_section, write_manifest
 from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
+from vhtool.choices import INIT_STRATEGIES as INIT_STRATEGIES
 from vhtool.errors import InputError
 
-INIT_STRATEGIES = ("random", "normal")
 HEAD_SHARD = "model-value-head.safetensors"
 LINKED_SINGLE = "model-00001-of-00001.safetensors"
 _NOT_COPIED = {SINGLE_FILE, INDEX_FILE, SIDECAR_FILE, MANIFEST_FILE, "README.md", ".gitattributes", *PICKLE_FILES}

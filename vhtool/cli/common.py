@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 import typer.core
 
-from vhtool.checkpoint.copyio import LINK_MODES
+from vhtool.choices import LINK_MODES
 from vhtool.errors import VhtoolError
 
 F = TypeVar("F", bound=Callable[..., Any])

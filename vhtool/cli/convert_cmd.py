@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vhtool.checkpoint.conventions import CONVENTIONS
-from vhtool.checkpoint.convert.naming import HEAD_NAMES
+from vhtool.choices import CONVENTIONS, HEAD_NAMES
 from vhtool.cli.common import (
     Choice,
     ForceOpt,

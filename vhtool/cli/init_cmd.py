@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vhtool.checkpoint.init_op import INIT_STRATEGIES
+from vhtool.choices import INIT_STRATEGIES
 from vhtool.cli.common import (
     Choice,
     ForceOpt,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
 from vhtool.cli.common import (
     Choice,
     ForceOpt,
@@ -25,7 +26,6 @@ from vhtool.cli.common import (
     handle_errors,
 )
 from vhtool.errors import InputError, VhtoolError
-from vhtool.models.scoring.options import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
 
 if TYPE_CHECKING:
     Head = Choice

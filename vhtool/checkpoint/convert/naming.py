@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.conventions import CONVENTIONS, VHEAD_BIAS, VHEAD_WEIGHT
+from vhtool.choices import HEAD_NAMES as HEAD_NAMES
 
 TARGETS = CONVENTIONS
 CLASSIFIER_TARGETS = ("seq-cls", "token-cls")
-HEAD_NAMES = ("score", "value_head", "classifier")
+
 #: Keys OpenRLHF keeps in ``config.json`` for reward normalisation and the head's name.
 NORM_KEYS = ("normalize_reward", "mean", "std", "value_head_prefix")
 

@@ -6,15 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR  # noqa: F401
 from vhtool.errors import InputError
 
-HEADS = ("reward", "value")
-JOIN_MODES = ("chat", "concat")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-DEVICES = ("cpu", "cuda", "auto")
-ON_ERROR = ("fail", "skip")
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-FORMATS = ("auto", "jsonl", "text")
 DEFAULT_WINDOW = 4096
 DEFAULT_MAX_BATCH_TOKENS = 16384
 
