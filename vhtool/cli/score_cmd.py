@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +20,6 @@ from vhtool.cli.common import (
     Out,
     QuietOpt,
     choice_enum,
-    debug_enabled,
     examples,
     handle_errors,
 )
@@ -51,11 +49,9 @@ EXAMPLES = examples(
     """echo '{"prompt": "Hi.", "completion": " Hello!"}' | vhtool score tiny-gpt2-value-head --input - --json""",
 )
 
+
 #: Library notices the scoring engine passes on as notes (it records every warning of the model load); only
 #: vhtool's own notes are for the user, the rest shows with --debug.
-_LIBRARY_NOTE = re.compile(r"\bis deprecated\b|\bwill be removed in\b|\bdeprecat", re.IGNORECASE)
-
-
 @contextmanager
 def _record_progress(out: Out) -> Iterator[Callable[[int], None] | None]:
     """A records/s progress display on stderr, only on a terminal (None otherwise)."""
@@ -336,8 +332,7 @@ def score_command(
     if summary is None:  # a rank other than 0: rank 0 reports for the job
         return
     for note in summary.notes:
-        if debug_enabled() or not _LIBRARY_NOTE.search(note):
-            out.warn(note)
+        out.warn(note)
     if json_out:
         doc: dict[str, Any] = {"summary": summary.to_json()}
         if output is None:

@@ -110,7 +110,13 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
     vocab_rows = int(model.pretrained_model.get_input_embeddings().num_embeddings)
     pad_id = _pad_id(tok, config, vocab_rows, checkpoint=checkpoint, notes=notes)
     head, head_reason = _choose_head(model, options, checkpoint)
-    notes.extend(str(w.message) for w in caught if "no value-head weights" not in str(w.message))
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, FutureWarning)):
+            # a library's own deprecation: not the user's concern; re-issued so the caller's filters decide
+            # (the CLI shows them with --debug only)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif "no value-head weights" not in str(w.message):
+            notes.append(str(w.message))
     return LoadedModel(
         model=model,
         tokenizer=tok,
