@@ -491,16 +491,19 @@ def test_windows_stream_in_order_with_a_small_window(ckpts: dict[str, Path]) -> 
     data = texts(23, seed=7, hi=30)
     seen: list[int] = []
     steps: list[int] = []
+    token_steps: list[int] = []
     scorer = Scorer(ckpts["gpt2"], options=ScoreOptions(window=5, max_batch_tokens=64))
     summary = score_dataset(
         ckpts["gpt2"],
         inputs=InputSpec(texts=tuple(data)),
         options=scorer.options,
         on_record=lambda r: seen.append(r.index),
-        progress=steps.append,
+        progress=lambda records, tokens: steps.append(records) or token_steps.append(tokens),
         scorer=scorer,
     )
-    assert seen == list(range(23)) and steps == [5, 5, 5, 5, 3] and summary.count == 23
+    assert seen == list(range(23)) and sum(steps) == 23 and summary.count == 23
+    assert len(steps) == summary.batches  # progress comes batch by batch, as records are scored
+    assert sum(token_steps) == summary.tokens
     fmt, items = read_inputs(InputSpec(texts=("a", "b")))
     assert fmt == "text" and [i.payload for i in items] == ["a", "b"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -52,32 +52,75 @@ EXAMPLES = examples(
 
 #: Library notices the scoring engine passes on as notes (it records every warning of the model load); only
 #: vhtool's own notes are for the user, the rest shows with --debug.
-@contextmanager
-def _record_progress(out: Out) -> Iterator[Callable[[int], None] | None]:
-    """A records/s progress display on stderr, only on a terminal (None otherwise)."""
-    if not out.show_progress:
-        yield None
-        return
-    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+class _Display:
+    """What ``score`` shows on a terminal while it runs: the phase, then records done of the total, records/s,
+    tokens/s and the time left. Off a terminal (or with --json/--quiet) every method does nothing."""
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("scoring"),
-        MofNCompleteColumn(),
-        TextColumn("records"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=out.err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("scoring", total=None, rate="")
+    def __init__(self, out: Out, total: int | None) -> None:
+        self.out = out
+        self.total = total
+        self.bar: Any = None
+        self.task: Any = None
+        self.tokens = 0
+        self.t0 = time.perf_counter()
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            speed = bar.tasks[0].speed
-            bar.update(task, rate=f"{speed:.1f} records/s" if speed else "")
+    def __enter__(self) -> _Display:
+        if self.out.show_progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
-        yield advance
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("records"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.out.err,
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("resolving", total=None, rate="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def phase(self, name: str) -> None:
+        if self.bar is not None:
+            total = self.total if name == "scoring" else None
+            if name == "scoring":
+                self.t0 = time.perf_counter()
+            self.bar.update(self.task, description=name, total=total)
+
+    def advance(self, records: int, tokens: int) -> None:
+        if self.bar is not None:
+            self.tokens += tokens
+            self.bar.advance(self.task, records)
+            seconds = max(time.perf_counter() - self.t0, 1e-9)
+            done = self.bar.tasks[0].completed
+            self.bar.update(self.task, rate=f"{done / seconds:,.1f} records/s, {self.tokens / seconds:,.0f} tokens/s")
+
+
+def _histogram_rows(summary: Any, width: int = 30) -> list[tuple[str, str]]:
+    """The summary's histogram as table rows: a range and a bar of ``█`` proportional to its count."""
+    bins = summary.histogram
+    if not bins:
+        return []
+    peak = max(c for _, _, c in bins) or 1
+    rows = []
+    for i, (lo, hi, count) in enumerate(bins):
+        bar = "█" * max(1 if count else 0, round(width * count / peak))
+        rows.append(("histogram" if i == 0 else "", f"[{lo:>9.4g}, {hi:>9.4g})  {bar} {count}"))
+    return rows
 
 
 def _summary_table(out: Out, summary: Any) -> None:
@@ -109,6 +152,8 @@ def _summary_table(out: Out, summary: Any) -> None:
         rows.append(("ranks", f"{summary.ranks} (batches shared round-robin; speed is over all ranks)"))
     if summary.output:
         rows.append(("output", summary.output))
+    if out.show_progress:  # the histogram is for a person at a terminal; --json carries the same numbers
+        rows.extend(_histogram_rows(summary))
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out.err.print(table)
@@ -303,8 +348,11 @@ def score_command(
     if output is None:
         on_record = keep if json_out else emit
 
+    from vhtool.models.scoring.inputs import count_records
+
+    total = count_records(spec, options.input_format) if out.show_progress else None
     try:
-        with _record_progress(out) as progress:
+        with _Display(out, total) as display:
             common: dict[str, Any] = {
                 "inputs": spec,
                 "options": options,
@@ -312,7 +360,8 @@ def score_command(
                 "force": force,
                 "on_record": on_record,
                 "on_skip": on_skip,
-                "progress": progress,
+                "progress": display.advance,
+                "on_phase": display.phase,
                 "validate_first": output is None and not json_out,
             }
             summary: ScoreSummary | None

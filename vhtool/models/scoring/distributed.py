@@ -62,7 +62,8 @@ def score_dataset_distributed(
     force: bool = False,
     on_record: Callable[[ScoredRecord], None] | None = None,
     on_skip: Callable[[SkippedRecord], None] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     validate_first: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> ScoreSummary | None:
@@ -81,7 +82,8 @@ def score_dataset_distributed(
         force: replace ``output`` if it exists.
         on_record: rank 0: called with each scored record, in input order.
         on_skip: rank 0: called with each skipped record.
-        progress: rank 0: called with the number of records just finished.
+        progress: rank 0: called with the number of records just finished and their tokens.
+        on_phase: rank 0: called as the job enters each phase (see ``score_dataset``).
         validate_first: read and tokenise everything before scoring (see ``score_dataset``).
         timeout_s: the process group's timeout: how long a rank waits for the others at an exchange.
 
@@ -102,7 +104,13 @@ def score_dataset_distributed(
     group = ProcessGroup(env, device=options.device, timeout_s=timeout_s)
     try:
         run = _RankRun(checkpoint, env=env, group=group, inputs=inputs, options=options, output=output, force=force)
-        return run.run(on_record=on_record, on_skip=on_skip, progress=progress, validate_first=validate_first)
+        return run.run(
+            on_record=on_record,
+            on_skip=on_skip,
+            progress=progress,
+            phase=on_phase if on_phase is not None and env.rank == 0 else (lambda name: None),
+            validate_first=validate_first,
+        )
     finally:
         group.close()
 
@@ -170,16 +178,20 @@ class _RankRun:
         *,
         on_record: Callable[[ScoredRecord], None] | None,
         on_skip: Callable[[SkippedRecord], None] | None,
-        progress: Callable[[int], None] | None,
+        progress: Callable[[int, int], None] | None,
+        phase: Callable[[str], None],
         validate_first: bool,
     ) -> ScoreSummary | None:
         rank, world = self.env.rank, self.env.world_size
         options = self.options
         try:
             self._step(self._check)
+            phase("loading the model")
             self._step(self._load)
             if validate_first and options.on_error == "fail" and self.inputs.rereadable:
+                phase("checking the input")
                 self._step(self._validate)
+            phase("scoring")
             scorer = self.scorer
             assert scorer is not None
             tally = Tally()
@@ -239,6 +251,7 @@ class _RankRun:
 
             def finish() -> tuple[str, Any]:
                 if self.out_file is not None:
+                    phase("writing")
                     self.out_file.commit()
                 return "ok", None
 

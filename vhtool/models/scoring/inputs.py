@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from vhtool.errors import InputError
+from vhtool.errors import InputError, VhtoolError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".text")
@@ -143,4 +143,24 @@ def _items(
         index += 1
 
 
-__all__ = ["JSONL_SUFFIXES", "TEXT_SUFFIXES", "InputItem", "InputSpec", "read_inputs"]
+def count_records(spec: InputSpec, input_format: str = "auto") -> int | None:
+    """How many records ``spec`` holds, for a progress total: ``None`` for a stream (it can be read once only).
+
+    A count of lines without parsing them: every line of a text input, the non-blank lines of a JSONL one.
+    Unreadable files give ``None``; :func:`read_inputs` reports them properly.
+    """
+    if spec.texts is not None:
+        return len(spec.texts)
+    if spec.path is None:
+        return None
+    try:
+        fmt, _ = read_inputs(spec, input_format)
+        with open(spec.path, "rb") as fh:
+            if fmt == "text":
+                return sum(1 for _ in fh)
+            return sum(1 for line in fh if line.strip())
+    except (OSError, VhtoolError):
+        return None
+
+
+__all__ = ["JSONL_SUFFIXES", "TEXT_SUFFIXES", "InputItem", "InputSpec", "count_records", "read_inputs"]

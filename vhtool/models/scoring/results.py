@@ -92,6 +92,8 @@ class ScoreSummary:
     output: str | None = None
     notes: tuple[str, ...] = ()
     ranks: int = 1
+    #: ``(from, to, count)`` rows of the finite scores, at most 10, over the occupied range.
+    histogram: tuple[tuple[float, float, int], ...] = ()
 
     @property
     def padding_fraction(self) -> float:
@@ -130,6 +132,7 @@ class ScoreSummary:
             "output": self.output,
             "ranks": self.ranks,
             "notes": list(self.notes),
+            "histogram": [{"from": lo, "to": hi, "count": c} for lo, hi, c in self.histogram],
         }
 
 

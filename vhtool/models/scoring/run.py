@@ -61,7 +61,8 @@ def score_dataset(
     force: bool = False,
     on_record: Callable[[ScoredRecord], None] | None = None,
     on_skip: Callable[[SkippedRecord], None] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
     validate_first: bool = False,
     scorer: Scorer | None = None,
 ) -> ScoreSummary:
@@ -79,7 +80,9 @@ def score_dataset(
         force: replace ``output`` if it exists.
         on_record: called with each scored record, in input order.
         on_skip: called with each skipped record (``on_error="skip"``).
-        progress: called with the number of records just finished (scored or skipped).
+        progress: called with the number of records just finished (scored or skipped) and their tokens.
+        on_phase: called as the run enters each phase: ``"loading the model"``, ``"checking the input"``,
+            ``"scoring"``, ``"writing"``.
         validate_first: with ``on_error="fail"`` and a re-readable input (a file or texts), read and
             tokenise everything before scoring, so that a bad record fails the run before any record is
             passed to ``on_record``. Ignored for a stream (stdin): it can be read once only.
@@ -98,16 +101,20 @@ def score_dataset(
     # Taken before the model loads: an output that cannot be created fails in a second, not after the load.
     out_file = AtomicFile(output) if output is not None else None
     try:
+        phase = on_phase or (lambda name: None)
         fmt, items = read_inputs(inputs, options.input_format)
         if scorer is None:
+            phase("loading the model")
             scorer = Scorer(checkpoint, options=options)
         if validate_first and options.on_error == "fail" and inputs.rereadable:
+            phase("checking the input")
             validate_all(scorer, inputs, options)
             fmt, items = read_inputs(inputs, options.input_format)
+        phase("scoring")
         tally = Tally()
         for window in windows(items, options.window):
             prepared, good, lengths, plan = plan_window(scorer, window, options, inputs.label())
-            results = score_batches(scorer, good, plan, range(len(plan)))
+            results = score_batches(scorer, good, plan, range(len(plan)), progress)  # progress batch by batch
             tally.add_window(
                 prepared,
                 lengths,
@@ -117,9 +124,11 @@ def score_dataset(
                 on_record=on_record,
                 on_skip=on_skip,
                 progress=progress,
+                scored_progress=False,
             )
         summary = tally.summary(scorer, fmt)
         if out_file is not None and output is not None:
+            phase("writing")
             out_file.commit()
             summary = with_output(summary, str(output))
         return summary
@@ -154,15 +163,25 @@ def plan_window(
 
 
 def score_batches(
-    scorer: Scorer, good: Sequence[Prepared], plan: Sequence[list[int]], which: Iterable[int]
+    scorer: Scorer,
+    good: Sequence[Prepared],
+    plan: Sequence[list[int]],
+    which: Iterable[int],
+    progress: Callable[[int, int], None] | None = None,
 ) -> Results:
-    """Scores the batches ``which`` (positions into ``plan``): ``{position in good: (score, values)}``."""
+    """Scores the batches ``which`` (positions into ``plan``): ``{position in good: (score, values)}``.
+
+    ``progress`` is called after each batch with its records and their tokens.
+    """
     results: Results = {}
     for b in which:
         batch = plan[b]
-        scores, values = scorer.score_batch([good[k].ids or [] for k in batch])
+        seqs = [good[k].ids or [] for k in batch]
+        scores, values = scorer.score_batch(seqs)
         for j, k in enumerate(batch):
             results[k] = (scores[j], values[j] if values is not None else None)
+        if progress is not None:
+            progress(len(batch), sum(len(x) for x in seqs))
     return results
 
 
