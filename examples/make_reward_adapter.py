@@ -24,7 +24,7 @@ model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_module
 pairs = [("a good answer", "a bad answer"), ("thanks, that helped", "no idea"), ("clear and kind", "rude")]
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 torch.manual_seed(0)
-for step in range(10):
+for _step in range(10):
     chosen, rejected = zip(*pairs)
     batch = tok(list(chosen) + list(rejected), return_tensors="pt", padding=True)
     rewards = model(**batch).logits.squeeze(-1)

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
-from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
+from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads, ties_embeddings
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
@@ -121,9 +122,26 @@ def architecture_of(config: dict[str, Any], where: Path) -> str:
     ):
         raise InputError(
             f"{where}: is a {archs[0]} checkpoint with no language-model head; a policy needs one "
-            "(`vhtool convert --to vhtool` moves a classifier's head into a value head)."
+            f"({_classifier_hint_for(config, where, Path(f'{where}-value-head'))})."
         )
     return "seq2seq" if config.get("is_encoder_decoder") else "causal"
+
+
+def _classifier_hint(ckpt: Checkpoint, out: Path) -> str:
+    return _classifier_hint_for(ckpt.config, ckpt.path, out)
+
+
+def _classifier_hint_for(config: dict[str, Any], where: Path, out: Path) -> str:
+    """What to do with a classifier (critic/reward) checkpoint given to ``init``: a command only when it works."""
+    if ties_embeddings(config):  # the embeddings are the LM head: convert can rebuild a causal LM
+        return (
+            f"`vhtool convert {shlex.quote(str(where))} --to vhtool -o {shlex.quote(str(out))}` moves its head into a "
+            "value head"
+        )
+    return (
+        "its LM head is not tied to the embeddings and a classifier does not store it, so no policy can be built "
+        "from it; start from the causal LM it was made from (`vhtool init MODEL`)"
+    )
 
 
 def copy_aux_files(src: Path, dst: Path) -> list[str]:
@@ -214,10 +232,19 @@ def init_checkpoint(
     drop: set[str] = set()
     if heads:
         kinds = ", ".join(h.description for h in heads)
-        if not force:
-            raise InputError(f"{ckpt.path}: already has a value head ({kinds}); pass --force to re-initialise it.")
+        src_q, out_q = shlex.quote(str(ckpt.path)), shlex.quote(str(out))
         if any(h.convention not in ("vhtool", "sidecar") for h in heads):
-            raise InputError(f"{ckpt.path}: holds a classifier head ({kinds}); use `vhtool convert --to vhtool`.")
+            raise InputError(f"{ckpt.path}: holds a classifier head ({kinds}); {_classifier_hint(ckpt, out)}.")
+        if not force:
+            reinit = f"`vhtool init {src_q} -o {out_q} --force` replaces it with a fresh, untrained one"
+            if ckpt.manifest is None:  # what save_pretrained writes after training: keep the trained head
+                conv = heads[0].convention
+                raise InputError(
+                    f"{ckpt.path}: already has a value head ({kinds}), e.g. a trained one saved by save_pretrained; "
+                    f"`vhtool convert {src_q} --to {conv} -o {out_q}` adopts it as it is (the head kept bit for bit, "
+                    f"a vhtool.json written); {reinit}."
+                )
+            raise InputError(f"{ckpt.path}: already has a value head ({kinds}); {reinit}.")
         drop = {VHEAD_WEIGHT, VHEAD_BIAS}
         notes.append(f"the source's value head ({kinds}) was replaced by a fresh one")
 

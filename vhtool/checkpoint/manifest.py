@@ -431,8 +431,10 @@ class ConversionInfo(_Section):
     target: str | None = None
     source_head: tuple[str, ...] | None = None
     lost: tuple[str, ...] | None = None
+    #: Dropped without loss: e.g. the random bias of a value head never trained (see ``convert``'s critic rule).
+    dropped_untrained: tuple[str, ...] | None = None
 
-    _KEYS: ClassVar[tuple[str, ...]] = ("from", "to", "source_head", "lost")
+    _KEYS: ClassVar[tuple[str, ...]] = ("from", "to", "source_head", "lost", "dropped_untrained")
 
     @classmethod
     def from_json(cls, value: object, *, where: str) -> ConversionInfo:
@@ -443,6 +445,7 @@ class ConversionInfo(_Section):
             target=_opt_str(doc, "to", where),
             source_head=_opt_strs(doc, "source_head", where),
             lost=_opt_strs(doc, "lost", where),
+            dropped_untrained=_opt_strs(doc, "dropped_untrained", where),
             **cls._meta(doc),
         )
 
@@ -454,8 +457,42 @@ class ConversionInfo(_Section):
                 ("to", self.target),
                 ("source_head", _json(self.source_head)),
                 ("lost", _json(self.lost)),
+                ("dropped_untrained", _json(self.dropped_untrained)),
             ]
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdoptedInfo(_Section):
+    """Where an adopted checkpoint came from: a folder written by ``save_pretrained`` without a ``vhtool.json``.
+
+    ``kind`` is ``save_pretrained`` (a full model with ``v_head.*`` among its tensors) or ``peft`` (a PEFT
+    policy folder: adapter plus the value head in its own file); ``head_file`` is where the head was found;
+    ``by`` the command that wrote this manifest (``vhtool convert`` or ``vhtool push``).
+    """
+
+    path: str | None = None
+    kind: str | None = None
+    head_file: str | None = None
+    by: str | None = None
+
+    _KEYS: ClassVar[tuple[str, ...]] = ("path", "kind", "head_file", "by")
+
+    @classmethod
+    def from_json(cls, value: object, *, where: str) -> AdoptedInfo:
+        """Parses the ``adopted`` section."""
+        doc = _object(value, where)
+        return cls(
+            path=_opt_str(doc, "path", where),
+            kind=_opt_str(doc, "kind", where),
+            head_file=_opt_str(doc, "head_file", where),
+            by=_opt_str(doc, "by", where),
+            **cls._meta(doc),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The section as written in ``vhtool.json``."""
+        return self._emit((k, _json(getattr(self, k))) for k in self._KEYS)
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -479,6 +516,7 @@ class Manifest(_Section):
         reference: what a reference shares with its policy.
         reward_adapter: the attached reward adapter.
         conversion: what ``convert`` did.
+        adopted: where a checkpoint saved without a manifest came from (``convert`` to its own convention, ``push``).
         normalization: reward normalisation statistics carried from an OpenRLHF config (free-form).
     """
 
@@ -495,6 +533,7 @@ class Manifest(_Section):
     reference: ReferenceInfo | None = None
     reward_adapter: RewardAdapterInfo | None = None
     conversion: ConversionInfo | None = None
+    adopted: AdoptedInfo | None = None
     normalization: Mapping[str, Any] | None = None
 
     _KEYS: ClassVar[tuple[str, ...]] = (
@@ -511,6 +550,7 @@ class Manifest(_Section):
         "reference",
         "reward_adapter",
         "conversion",
+        "adopted",
         "normalization",
     )
     _ALWAYS: ClassVar[tuple[str, ...]] = ("format", "format_version", "vhtool_version", "role", "architecture")
@@ -548,6 +588,7 @@ class Manifest(_Section):
             reference=_opt_section(doc, "reference", where, ReferenceInfo),
             reward_adapter=_opt_section(doc, "reward_adapter", where, RewardAdapterInfo),
             conversion=_opt_section(doc, "conversion", where, ConversionInfo),
+            adopted=_opt_section(doc, "adopted", where, AdoptedInfo),
             normalization=None if norm is None else dict(_object(norm, _at(where, "normalization"))),
             **cls._meta(doc),
         )
@@ -617,6 +658,7 @@ def symlinked_files(manifest: Manifest | None) -> set[str]:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "AdoptedInfo",
     "ConversionInfo",
     "FileEntry",
     "Manifest",

@@ -44,7 +44,7 @@ def render_model_card(repo_id: str, manifest: Manifest | Mapping[str, Any] | Non
     m = manifest if manifest is not None else Manifest()
     source = m.source if m.source is not None else SourceInfo()
     base = _hub_id(source.model) if source.kind == "hub" else None
-    role = m.role if m.role in ("policy", "reference") else "policy"
+    role = m.role if m.role in ("policy", "reference", "critic") else "policy"
     arch = m.architecture or ("seq2seq" if config.get("is_encoder_decoder") else "causal")
     cls = "AutoModelForSeq2SeqLMWithValueHead" if arch == "seq2seq" else "AutoModelForCausalLMWithValueHead"
     plain = "AutoModelForSeq2SeqLM" if arch == "seq2seq" else "AutoModelForCausalLM"
@@ -62,6 +62,9 @@ def render_model_card(repo_id: str, manifest: Manifest | Mapping[str, Any] | Non
         origin = f"[{base}](https://huggingface.co/{base})"
         if source.revision is not None:
             origin += f" (revision `{source.revision}`)"
+    elif m.adopted is not None:
+        saved = "a PEFT policy folder" if m.adopted.kind == "peft" else "a checkpoint"
+        origin = f"{saved} saved by `save_pretrained` (e.g. after training; adopted without a record of its init)"
     else:
         origin = "a local model"
     model_type = config.get("model_type", "unknown")
@@ -71,6 +74,8 @@ def render_model_card(repo_id: str, manifest: Manifest | Mapping[str, Any] | Non
     )
     if role == "reference":
         what += " It is a frozen reference model."
+    elif role == "critic":
+        what += " It is a critic: a classifier whose one output is the value (seq-cls/token-cls convention)."
     else:
         what += " It is the language model plus a scalar value head (`v_head.summary.weight` / `v_head.summary.bias`)."
 

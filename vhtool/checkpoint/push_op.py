@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vhtool._version import __version__
+from vhtool.checkpoint.layout import MANIFEST_FILE
+from vhtool.checkpoint.manifest import Manifest
 from vhtool.checkpoint.model_card import CARD_FILE, CARD_MARKER, render_model_card
-from vhtool.checkpoint.push_files import LocalFile, collect_files, verify_for_push
+from vhtool.checkpoint.push_files import (
+    LocalFile,
+    collect_files,
+    collect_peft_files,
+    generated_manifest,
+    verify_for_push,
+    verify_peft_for_push,
+)
+from vhtool.checkpoint.unmanaged import is_peft_folder
 from vhtool.errors import InputError, OperationError
 from vhtool.hub.commit import Upload, commit_files, endpoint
 from vhtool.hub.errors import TOKEN_HELP
@@ -153,6 +164,7 @@ def push_checkpoint(
     create_pr: bool = False,
     dry_run: bool = False,
     token: str | None = None,
+    allow_pickle: bool = False,
 ) -> PushResult:
     """Verifies ``checkpoint`` and publishes it to ``repo_id`` in one commit (or only plans it, ``dry_run``).
 
@@ -165,6 +177,11 @@ def push_checkpoint(
         create_pr: open a pull request instead of committing to the branch.
         dry_run: compute the plan only: no repo, branch, upload or commit is created.
         token: a Hub token; default ``HF_TOKEN`` or the login cache. Never printed or written.
+        allow_pickle: read a PEFT folder's pickled value head (TRL's ``pytorch_model.bin``, ``weights_only=True``);
+            it is published as ``model.safetensors``, never as a pickle.
+
+    A checkpoint without ``vhtool.json`` (saved by ``save_pretrained`` after training, or a PEFT policy folder)
+    is published with a generated one, in the same commit; nothing is written into ``checkpoint``.
 
     Returns:
         The plan, and for a real push the commit (``pushed`` False when the remote was up to date).
@@ -179,14 +196,29 @@ def push_checkpoint(
     branch = revision or "main"
     if revision is not None and not revision.strip():
         raise InputError("--revision is empty; give a branch name (e.g. main or dev).")
-    ckpt = verify_for_push(root)
+    notes: list[str] = []
+    manifest: Manifest | None
+    config: dict[str, Any]
+    if is_peft_folder(root):
+        folder = verify_peft_for_push(root, allow_pickle=allow_pickle)
+        local_files, skipped, manifest = collect_peft_files(folder, allow_pickle=allow_pickle)
+        config = {}
+        notes.append(f"a PEFT policy folder without {MANIFEST_FILE}: a generated one is pushed with it")
+    else:
+        ckpt = verify_for_push(root)
+        local_files, skipped = collect_files(ckpt)
+        manifest, config = ckpt.manifest, ckpt.config
+        if manifest is None:
+            generated = generated_manifest(ckpt, local_files)
+            assert generated.content is not None
+            manifest = Manifest.from_json(json.loads(generated.content))
+            local_files.append(generated)
+            notes.append(f"no {MANIFEST_FILE} in the checkpoint: a generated one is pushed with it (folder unchanged)")
     tok = resolve_token(token)
     if tok is None and not dry_run:
         raise OperationError(f"no Hugging Face token found; {TOKEN_HELP}.")
     auth: str | bool = tok if tok else False
 
-    local_files, skipped = collect_files(ckpt)
-    notes: list[str] = []
     remote, siblings = read_remote_state(repo_id, branch, token=auth, strict=not dry_run)
     if dry_run and tok is None:
         read = "the remote was read anonymously" if remote.checked else "the remote was not read"
@@ -194,7 +226,7 @@ def push_checkpoint(
 
     card_origin = "checkpoint" if any(f.path_in_repo == CARD_FILE for f in local_files) else "generated"
     if card_origin == "generated":
-        text = render_model_card(repo_id, ckpt.manifest, ckpt.config).encode("utf-8")
+        text = render_model_card(repo_id, manifest, config).encode("utf-8")
         remote_card = siblings.get(CARD_FILE)
         keep_remote = False
         if remote_card is not None and remote_card.blob_id != git_blob_sha1_bytes(text):

@@ -11,6 +11,7 @@ the CLI composes the two.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from vhtool.checkpoint.safetensors_io import (
     read_header,
     read_tensor_values,
 )
+from vhtool.checkpoint.unmanaged import PeftFolder, is_peft_folder, non_finite, open_peft_folder, read_peft_head
 from vhtool.errors import InputError, VhtoolError
 
 #: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
@@ -63,6 +65,8 @@ class VerifyResult:
     forward: bool = False
     hashed: bool = False
     notes: list[str] = field(default_factory=list)
+    #: ``checkpoint`` (config.json and weights) or ``peft-folder`` (a PEFT policy's save_pretrained).
+    kind: str = "checkpoint"
     #: What the file checks read (``{}`` when unreadable), for checks that build on them; not in :meth:`to_json`.
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     manifest: Manifest | None = field(default=None, repr=False, compare=False)
@@ -95,11 +99,20 @@ class VerifyResult:
             "forward": self.forward,
             "hashed": self.hashed,
             "notes": list(self.notes),
+            "kind": self.kind,
+            "manifest": self.manifest is not None,
         }
 
 
-def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -> VerifyResult:
+def verify_checkpoint(
+    path: str | os.PathLike[str], *, hash_all: bool = False, allow_pickle: bool = False
+) -> VerifyResult:
     """Checks a checkpoint directory against its ``vhtool.json`` and its own index and headers.
+
+    A checkpoint saved without a ``vhtool.json`` (``save_pretrained`` of vhtool's or TRL's classes after
+    training, single-file or sharded) is checked from its files alone: the ``manifest`` check passes with
+    "none" and a note lists what could not be checked. So is a PEFT policy folder (``adapter_config.json``,
+    no ``config.json``; see :mod:`vhtool.checkpoint.unmanaged`).
 
     The forward checks of ``verify --forward`` live in the torch world (``models/smoke.py``) and are added to
     this result by the CLI.
@@ -107,6 +120,8 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
     Args:
         path: the checkpoint directory.
         hash_all: also hash weight files recorded without a sha256 (linked files).
+        allow_pickle: read a PEFT folder's pickled value head (TRL's ``pytorch_model.bin``) with
+            ``weights_only=True``; without it that head is a failed check naming the flag.
 
     Returns:
         The checks; ``ok`` is true when all passed.
@@ -119,6 +134,8 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
         raise InputError(f"{root}: no such file or directory.")
     if not root.is_dir():
         raise InputError(f"{root}: not a checkpoint directory (expected a folder with config.json and weights).")
+    if is_peft_folder(root):
+        return _verify_peft_folder(root, allow_pickle=allow_pickle)
     if not (root / "config.json").is_file():
         raise InputError(f"{root}: not a checkpoint (no config.json).")
 
@@ -135,9 +152,13 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
     role = manifest.role if manifest is not None else None
     vh_entry = manifest.value_head if manifest is not None else None
     convention = vh_entry.convention if vh_entry is not None else None
+    if manifest is None and _is_classifier_config(config or {}):
+        convention = "seq-cls"  # a critic saved by transformers: its head is score.weight (or classifier.weight)
     _run(checks, "value_head", lambda: _check_value_head(ckpt, hidden, role=role, convention=convention))
     if manifest is not None and manifest.reward_adapter is not None:
         checks.extend(_check_reward_adapter(root, manifest.reward_adapter, hidden, hash_all=hash_all))
+    if manifest is None and not (root / MANIFEST_FILE).is_file():
+        notes.extend(_unmanaged_notes(root, ckpt))
     if hash_all:
         notes.append("every weight file was hashed")
     return VerifyResult(
@@ -149,6 +170,91 @@ def verify_checkpoint(path: str | os.PathLike[str], *, hash_all: bool = False) -
         config=config or {},
         manifest=manifest,
     )
+
+
+#: The ``manifest`` check of a checkpoint saved without one (passes: nothing recorded, nothing contradicted).
+NO_MANIFEST = f"none: no {MANIFEST_FILE} (saved by save_pretrained?); files not checked against recorded hashes"
+
+
+def _is_classifier_config(config: dict[str, Any]) -> bool:
+    archs = config.get("architectures")
+    return (
+        isinstance(archs, list)
+        and bool(archs)
+        and all(
+            isinstance(a, str) and a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs
+        )
+    )
+
+
+def _unmanaged_notes(root: Path, ckpt: Checkpoint | None) -> list[str]:
+    """What ``verify`` could not check without a manifest, and the command that adopts the checkpoint."""
+    notes = [
+        f"no {MANIFEST_FILE}: not checked: weight files against recorded sizes and sha256, the role, how the value "
+        "head was made; checked: config, layout, headers, value head shape and finiteness"
+    ]
+    if ckpt is not None:
+        conv = next((h.convention for h in find_heads(ckpt)), None)
+        target = {"vhtool": "vhtool", "sidecar": "sidecar"}.get(conv or "")
+        if target is not None:
+            notes.append(f"`{adopt_command(root, target)}` adopts it: a copy with a {MANIFEST_FILE}, head kept as is")
+    return notes
+
+
+def adopt_command(src: Path, target: str = "vhtool") -> str:
+    """The command that adopts ``src`` (a value-head checkpoint saved without a manifest) into ``<src>-vhtool``."""
+    out = Path(f"{src}".rstrip("/") + "-vhtool")
+    return f"vhtool convert {shlex.quote(str(src))} --to {target} -o {shlex.quote(str(out))}"
+
+
+def _verify_peft_folder(root: Path, *, allow_pickle: bool) -> VerifyResult:
+    """The checks of a PEFT policy folder: adapter config and weights, value head shape and finiteness."""
+    checks: list[Check] = []
+    folder = _run(checks, "adapter", lambda: _check_peft_adapter(root))[0]
+    checks.append(Check("manifest", True, f"{NO_MANIFEST} (a PEFT policy folder)"))
+    _run(checks, "links", lambda: _check_links(root, None))
+    if folder is None:
+        checks.append(Check("value_head", False, "not checked: the adapter folder is invalid (see 'adapter')."))
+    else:
+        _run(checks, "value_head", lambda: _check_peft_head(folder, allow_pickle=allow_pickle))
+    notes = [
+        f"a PEFT policy folder without {MANIFEST_FILE}: not checked: files against recorded hashes, the base "
+        "model's weights (not in the folder)"
+    ]
+    return VerifyResult(path=root, ok=all(c.ok for c in checks), checks=checks, notes=notes, kind="peft-folder")
+
+
+def _check_peft_adapter(root: Path) -> tuple[PeftFolder, str]:
+    folder = open_peft_folder(root)
+    peft_type = folder.adapter_config.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise _SkipCheck(f"{ADAPTER_CONFIG} has no peft_type; not a PEFT adapter.")
+    if folder.adapter_weights is None:
+        raise _SkipCheck(f"no {ADAPTER_WEIGHTS} beside {ADAPTER_CONFIG}.")
+    if folder.adapter_weights != ADAPTER_WEIGHTS:
+        raise _SkipCheck(
+            f"the adapter weights are a pickle ({folder.adapter_weights}); save with safe_serialization=True."
+        )
+    header = read_header(root / ADAPTER_WEIGHTS)
+    base = folder.base_model or "?"
+    return folder, f"{peft_type} on {base}, {len(header.tensors)} tensors in {ADAPTER_WEIGHTS}"
+
+
+def _check_peft_head(folder: PeftFolder, *, allow_pickle: bool) -> tuple[str]:
+    head = read_peft_head(folder, allow_pickle=allow_pickle)
+    hidden = folder.base_hidden_size()
+    shape = head.weight_shape
+    if len(shape) != 2 or shape[0] != 1 or (hidden is not None and shape != (1, hidden)):
+        raise _SkipCheck(f"{VHEAD_WEIGHT} has shape {list(shape)}, expected [1, {hidden or 'hidden'}].")
+    if head.bias_shape is None:
+        raise _SkipCheck(f"{VHEAD_BIAS} is missing from {head.file}.")
+    if head.bias_shape != (1,):
+        raise _SkipCheck(f"{VHEAD_BIAS} has shape {list(head.bias_shape)}, expected [1].")
+    bad = non_finite(head)
+    if bad:
+        raise _SkipCheck("; ".join(bad) + ".")
+    checked = "" if hidden is not None else " (hidden size not checked: the base model is not on this machine)"
+    return (f"{list(shape)} {head.dtype} in {head.file}, finite{checked}",)
 
 
 def _run(checks: list[Check], name: str, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -186,10 +292,7 @@ def _check_config(root: Path) -> tuple[dict[str, Any], int, str]:
 
 def _check_manifest(root: Path) -> tuple[Manifest, str]:
     if not (root / MANIFEST_FILE).is_file():
-        raise _SkipCheck(
-            f"no {MANIFEST_FILE}: this directory was not written by vhtool, so its files cannot be checked against "
-            "recorded hashes (`vhtool init` or `vhtool convert --to vhtool` writes one)."
-        )
+        raise _SkipCheck(NO_MANIFEST, ok=True)
     manifest = read_manifest(safe_member(root, MANIFEST_FILE, MANIFEST_FILE))
     if manifest.format != FORMAT:
         raise _SkipCheck(f"{MANIFEST_FILE}: format is {manifest.format!r}, expected {FORMAT!r}.")
@@ -297,7 +400,14 @@ def _check_value_head(
     if not heads:
         if role == "reference":
             raise _SkipCheck("none (a reference checkpoint needs no value head)", ok=True)
-        raise _SkipCheck(f"no value head ({VHEAD_WEIGHT}) in the checkpoint; `vhtool init` adds one.")
+        others = [h for h in find_heads(ckpt) if h.convention not in wanted]
+        if others:
+            raise _SkipCheck(
+                f"no value head ({VHEAD_WEIGHT}); it holds a {others[0].description}, and config.json does not say "
+                "it is a classifier (architectures ...ForSequenceClassification)."
+            )
+        init = f"vhtool init {shlex.quote(str(ckpt.path))} -o {shlex.quote(str(ckpt.path) + '-value-head')}"
+        raise _SkipCheck(f"no value head ({VHEAD_WEIGHT}) in the checkpoint; `{init}` adds one.")
     if len(heads) > 1:
         raise _SkipCheck("two value heads (inline and in value_head.safetensors); keep one.")
     head = heads[0]
@@ -318,7 +428,8 @@ def _check_value_head(
         if n_bad:
             bad.append(f"{tname} has {n_bad} NaN/inf value(s)")
     if bad:
-        raise _SkipCheck("; ".join(bad) + " (re-initialise it with `vhtool init --force`).")
+        reinit = f"vhtool init {shlex.quote(str(ckpt.path))} --force -o {shlex.quote(str(ckpt.path) + '-reinit')}"
+        raise _SkipCheck("; ".join(bad) + f" (a fresh head: `{reinit}`).")
     return (f"[1, {hidden}] {head.dtype} in {head.file}, finite",)
 
 

@@ -95,6 +95,16 @@ def convert_command(
     config.json gets the target's architectures and num_labels=1. Information the target cannot hold
     is warned about and listed under `conversion.lost` in vhtool.json. Default OUT: ./<SRC name>-<target>
     in the current directory (next to SRC when you are inside it).
+
+    Adoption: SRC already in the target convention (vhtool or sidecar) but without vhtool.json, as
+    save_pretrained writes it after training, is copied unchanged (the trained head bit for bit) with a
+    vhtool.json recording its files' sha256 and where it came from (`adopted`):
+    `vhtool convert trained --to vhtool -o trained-vhtool`.
+
+    Critics from a default init: a seq-cls head has no bias; the random bias of a head vhtool init made
+    and nobody trained since (vhtool.json records init_strategy random and the head's file still has the
+    recorded sha256) is dropped with a note (`conversion.dropped_untrained`); a trained non-zero bias
+    needs --allow-lossy (or --to token-cls, which keeps it). See docs/trained-checkpoints.md.
     """
     from vhtool.checkpoint.convert import convert_checkpoint
     from vhtool.hub import resolve_source

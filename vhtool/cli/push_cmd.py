@@ -62,6 +62,14 @@ def push_command(
             help="Hub token (default: HF_TOKEN, then the `hf auth login` cache). Never printed.",
         ),
     ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Read a PEFT folder's pickled value head (TRL's pytorch_model.bin) with weights_only=True; "
+            "it is published as model.safetensors.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -70,6 +78,10 @@ def push_command(
     Pushed: weights (and index), config, generation config, tokenizer files, vhtool.json, the reward
     adapter's subfolder, and a model card (README.md) generated unless the checkpoint has one. Dotfiles,
     pickle files and folders vhtool.json does not reference are skipped. HF_ENDPOINT is honoured.
+
+    A checkpoint saved by save_pretrained after training (no vhtool.json; a full model, or a PEFT policy
+    folder) is pushed with a generated vhtool.json recording its files' sha256 and where it came from
+    (`adopted`), in the same commit; the folder itself is never written to.
     """
     from rich.markup import escape
 
@@ -85,6 +97,7 @@ def push_command(
         create_pr=create_pr,
         dry_run=dry_run,
         token=token,
+        allow_pickle=allow_pickle,
     )
     for note in result.notes:
         if note != "nothing to push, remote is up to date":

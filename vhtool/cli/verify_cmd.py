@@ -36,6 +36,13 @@ def verify_command(
     hash_all: Annotated[
         bool, typer.Option("--hash", help="Also hash weight files recorded without a sha256 (linked files).")
     ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Read a PEFT folder's pickled value head (TRL's pytorch_model.bin) with weights_only=True.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -45,6 +52,11 @@ def verify_command(
     value head for presence, shape [1, hidden] and finite values, the reward adapter for its form.
     Exit 0 when every check passes, 1 with the list of failures, 2 when CHECKPOINT is not a checkpoint
     (missing, or no config.json).
+
+    A checkpoint saved by save_pretrained after training (vhtool's or TRL's class, single-file or sharded;
+    a PEFT policy folder with the head in model.safetensors, value_head.safetensors or, with --allow-pickle,
+    TRL's pytorch_model.bin) has no vhtool.json: it is checked from its files, and the notes say what
+    could not be checked.
     """
     from rich.markup import escape
 
@@ -52,7 +64,7 @@ def verify_command(
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    result = verify_checkpoint(resolve_source(checkpoint).path, hash_all=hash_all)
+    result = verify_checkpoint(resolve_source(checkpoint).path, hash_all=hash_all, allow_pickle=allow_pickle)
     if forward:  # the file checks need no torch; the forward check is the torch world's
         from vhtool.models.smoke import verify_forward
 
@@ -63,6 +75,8 @@ def verify_command(
         width = max(len(c.name) for c in result.checks)
         for c in result.checks:
             out.result(escape(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}"))
+        for note in result.notes:
+            out.info(escape(f"note: {note}"))
         if result.ok:
             out.result(escape(f"{result.path}: all {len(result.checks)} checks passed."))
     if not result.ok:

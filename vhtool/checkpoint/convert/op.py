@@ -11,6 +11,7 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.conventions import detect_convention
+from vhtool.checkpoint.convert.adopt import adopt_checkpoint
 from vhtool.checkpoint.convert.naming import CLASSIFIER_TARGETS, HEAD_NAMES, TARGETS
 from vhtool.checkpoint.convert.plan import Plan, plan_conversion
 from vhtool.checkpoint.convert.weights import write_index, write_weights
@@ -28,6 +29,9 @@ from vhtool.checkpoint.manifest import (
 from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import write_safetensors
 from vhtool.errors import InputError
+
+#: Conventions a checkpoint saved without vhtool.json is adopted into by converting it to its own convention.
+ADOPTABLE = ("vhtool", "sidecar")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class ConvertResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: True when SRC already followed the target convention without a vhtool.json, and was adopted as is.
+    adopted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +67,7 @@ class ConvertResult:
             "normalization": self.normalization,
             "warnings": self.warnings,
             "notes": self.notes,
+            "adopted": self.adopted,
             "seconds": round(self.seconds, 3),
         }
 
@@ -105,7 +112,30 @@ def convert_checkpoint(
         raise InputError(
             f"{ckpt.path}: is an encoder-decoder model; its value head converts only between vhtool and sidecar."
         )
-    plan = plan_conversion(ckpt, det, to=to, head_name=head_name, pad_token_id=pad_token_id, allow_lossy=allow_lossy)
+    if det.convention == to and to in ADOPTABLE and ckpt.manifest is None:
+        records, layout, notes = adopt_checkpoint(
+            ckpt, det, out, force=force, durable=durable, progress_factory=progress_factory
+        )
+        archs = ckpt.config.get("architectures")
+        head = det.head
+        return ConvertResult(
+            out=out,
+            source_convention=det.convention,
+            target=to,
+            head_tensors=(head.weight, *([head.bias] if head.bias else [])),
+            head_file=head.file,
+            layout=layout,
+            architectures=tuple(a for a in archs if isinstance(a, str)) if isinstance(archs, list) else (),
+            files=records,
+            lost=[],
+            normalization={},
+            seconds=time.perf_counter() - started,
+            notes=notes,
+            adopted=True,
+        )
+    plan = plan_conversion(
+        ckpt, det, to=to, head_name=head_name, pad_token_id=pad_token_id, allow_lossy=allow_lossy, out=out
+    )
     hs = plan.hs
     total = sum(h.file_size for h in ckpt.headers.values()) + (hs.hdr.file_size if not hs.inline else 0)
     progress = progress_factory(total) if progress_factory else None
@@ -179,7 +209,8 @@ def _manifest(
         seed=src_vh.seed if src_vh is not None else None,
     )
     return Manifest.new(
-        role="policy",
+        # a classifier with one output computing the value is a critic (what PPO trainers load as value_model)
+        role="critic" if to in CLASSIFIER_TARGETS else "policy",
         architecture="seq2seq" if ckpt.is_encoder_decoder else "causal",
         source=SourceInfo(
             model=str(ckpt.path.resolve()),
@@ -194,6 +225,7 @@ def _manifest(
             target=to,
             source_head=(head.weight, *([head.bias] if head.bias else [])),
             lost=tuple(plan.lost),
+            dropped_untrained=tuple(plan.dropped_untrained) or None,
         ),
         files=files_section(records),
         normalization=plan.normalization or None,

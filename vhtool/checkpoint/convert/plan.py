@@ -6,7 +6,9 @@ refused (a non-scalar head, a non-zero bias the target cannot hold, a missing LM
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.conventions import Detected
@@ -18,6 +20,7 @@ from vhtool.checkpoint.convert.naming import (
     target_head_keys,
 )
 from vhtool.checkpoint.convert.weights import HeadSource, head_source, source_header, source_tensor
+from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import Checkpoint, hidden_size
 from vhtool.checkpoint.safetensors_io import DTYPE_SIZES, FLOAT_DTYPES, TensorInfo, read_tensor_values
 from vhtool.checkpoint.writer import PlannedTensor
@@ -39,6 +42,7 @@ class Plan:
         config: the target's ``config.json``.
         normalization: reward normalisation statistics carried over.
         lost: what the conversion loses, recorded in ``vhtool.json``.
+        dropped_untrained: what was dropped without loss (see :func:`untrained_random_head`).
     """
 
     det: Detected
@@ -53,6 +57,8 @@ class Plan:
     lost: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Dropped without loss: the random bias of a head vhtool initialised and nobody trained since.
+    dropped_untrained: list[str] = field(default_factory=list)
 
 
 def plan_conversion(
@@ -63,6 +69,7 @@ def plan_conversion(
     head_name: str | None,
     pad_token_id: int | None,
     allow_lossy: bool,
+    out: Path | None = None,
 ) -> Plan:
     """Decides how ``ckpt`` (detected as ``det``) is written in the ``to`` convention.
 
@@ -84,7 +91,17 @@ def plan_conversion(
     warnings: list[str] = []
     notes: list[str] = []
     lost: list[str] = []
+    dropped_untrained: list[str] = []
     hs = head_source(ckpt, det)
+
+    def retry(*, to: str, extra: str = "") -> str:
+        """The convert command line for ``to``, with this call's options (for messages)."""
+        cmd = f"vhtool convert {shlex.quote(str(ckpt.path))} --to {to}"
+        if head_name is not None and to in CLASSIFIER_TARGETS:
+            cmd += f" --head-name {head_name}"
+        if pad_token_id is not None:
+            cmd += f" --pad-token-id {pad_token_id}"
+        return cmd + f" -o {shlex.quote(str(out or f'{ckpt.path}-{to}'))}{extra}"
 
     # The head as the target holds it: the weight renamed, the bias renamed, zero-filled, or dropped.
     w_info, w_range = source_tensor(ckpt, hs, head.weight)
@@ -99,13 +116,22 @@ def plan_conversion(
     elif head.bias is not None:
         value = float(read_tensor_values(*source_header(ckpt, hs, head.bias)).reshape(-1)[0])
         if value != 0.0:
-            if not allow_lossy:
+            untrained, why = untrained_random_head(ckpt, hs)
+            if untrained:
+                dropped_untrained.append(f"{head.bias} (value {value!r})")
+                notes.append(
+                    f"the untrained random bias {head.bias} = {value:g} was dropped ({why}): a critic learns its "
+                    "offset in training; recorded under conversion.dropped_untrained in vhtool.json"
+                )
+            elif not allow_lossy:
                 raise InputError(
                     f"{ckpt.path}: {head.bias} is {value:g}, but a {to} head named {name!r} has no bias, so every "
-                    "value would shift; convert --to token-cls or sidecar instead, or pass --allow-lossy to drop it."
+                    f"value would shift ({why}); `{retry(to='token-cls')}` keeps it (a token classifier has a bias), "
+                    f"`{retry(to=to, extra=' --allow-lossy')}` drops it (recorded in vhtool.json)."
                 )
-            lost.append(f"{head.bias} (value {value!r})")
-            warnings.append(f"dropped the non-zero bias {head.bias} = {value:g}: values shift by that constant")
+            else:
+                lost.append(f"{head.bias} (value {value!r})")
+                warnings.append(f"dropped the non-zero bias {head.bias} = {value:g}: values shift by that constant")
         else:
             notes.append(f"dropped {head.bias} (zero)")
 
@@ -137,7 +163,30 @@ def plan_conversion(
         lost=lost,
         warnings=warnings,
         notes=notes,
+        dropped_untrained=dropped_untrained,
     )
+
+
+def untrained_random_head(ckpt: Checkpoint, hs: HeadSource) -> tuple[bool, str]:
+    """Whether the head is still the ``random`` init ``vhtool init`` wrote, and why (or why not), for messages.
+
+    The rule: ``vhtool.json`` records ``value_head.init_strategy: random`` and a sha256 for the file holding the
+    head, and that file's content still hashes to it. Every vhtool command records the sha256 of what it
+    writes and none trains, while ``save_pretrained`` (what a trainer calls) records no hash; so a match means
+    the head is the init's random draw, and its bias carries no learned information. Costs one read of the
+    head's file (the whole model for a single-file checkpoint), only when a non-zero bias is to be dropped.
+    """
+    m = ckpt.manifest
+    vh = m.value_head if m is not None else None
+    if m is None or vh is None or vh.init_strategy != "random":
+        return False, "vhtool.json does not record the head as an untrained random init, so it may be trained"
+    name = hs.path.name
+    entry = m.files.get(name)
+    if entry is None or entry.sha256 is None or entry.how == "save_pretrained":
+        return False, f"vhtool.json records no sha256 for {name} as written at init, so the head may be trained"
+    if hash_file(hs.path) != entry.sha256:
+        return False, f"{name} has changed since vhtool recorded it (trained?)"
+    return True, f"vhtool.json records a random init and {name} is unchanged since"
 
 
 def _check_scalar_head(ckpt: Checkpoint, det: Detected) -> int:
