@@ -151,6 +151,24 @@ def run_and_kill(
     return KillOutcome(killed=killed, returncode=proc.returncode, saw_tmp=saw, state="?")
 
 
+def write_window(argv: list[str], out: Path) -> float:
+    """Seconds from the temporary sibling's appearance to the end of an uninterrupted run of ``argv``.
+
+    Kill delays are fractions of it, so the kills land mid-write however fast this machine writes.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tmp = tmp_sibling(out.absolute())
+    seen = None
+    while proc.poll() is None:
+        if seen is None and tmp.exists():
+            seen = time.monotonic()
+        time.sleep(0.0005)
+    ended = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return ended - seen if seen is not None else 0.0
+
+
 def check_after_kill(out: Path, before: Snapshot | None, *, full_hash: bool = False) -> str:
     """Asserts the only acceptable states after a kill; returns ``absent``, ``old`` or ``new``."""
     allowed = {tmp_sibling(out).name, lock_sibling(out).name}
@@ -230,12 +248,16 @@ def test_sigkill_leaves_old_or_nothing(case: WriteCase, kill_sources: dict[str, 
     """SIGKILL at fixed and random points: first with no OUT (fsync on), then replacing OUT (--force, no fsync)."""
     rng = random.Random(case.name)
     out = tmp_path / "work" / "out"
-    fresh = [("tmp", 0.0), ("tmp", rng.uniform(0.05, 0.5))]
+    probe = tmp_path / "probe" / "out"
+    probe.parent.mkdir()
+    window = write_window(case.argv(kill_sources, probe, 0, True), probe)  # how long a write takes here
+    fresh = [("tmp", 0.0), ("tmp", rng.uniform(0.05, 0.6) * window)]
     if case.name == "init":
         fresh.insert(0, ("start", 0.25))  # also once before the output exists at all (during start-up)
     outcomes = kill_campaign(case, kill_sources, out, fsync=True, delays=fresh)
     assert out.exists()  # the clean run after the kills wrote it: now kill runs that replace it
-    replacing = [("tmp", rng.uniform(0.0, 0.2)), ("tmp", rng.uniform(0.2, 0.6))]
+    window = write_window(case.argv(kill_sources, out, 50, False) + ["--force"], out)  # replacing, no fsync
+    replacing = [("tmp", rng.uniform(0.0, 0.25) * window), ("tmp", rng.uniform(0.25, 0.6) * window)]
     outcomes += kill_campaign(case, kill_sources, out, fsync=False, delays=replacing, variant0=10)
     killed = [o for o in outcomes if o.killed]
     assert all(o.returncode == -signal.SIGKILL for o in killed)
