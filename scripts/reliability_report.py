@@ -300,7 +300,7 @@ def _destructive(rel: Any, d: Path) -> tuple[int, list[str]]:
 
 def _fuzz(d: Path) -> dict[str, Any]:
     from tests import test_fuzz as fz
-    from tests.test_verify import make_tiny_source
+    from tests.helpers import make_tiny_source
     from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
 
     d.mkdir(parents=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import VOCAB, tiny_config
+from tests.helpers import VOCAB, tiny_config
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, detect_convention
 from vhtool.checkpoint.init_op import HEAD_SHARD, HeadSpec, init_checkpoint
 from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, open_checkpoint
@@ -113,16 +113,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vhtool_ckpt(saved_model: Callable[..., Path], work: Path) -> Callable[[str], Path]:
+def vhtool_ckpt(initialised: Callable[..., Path]) -> Callable[[str], Path]:
     """``vhtool_ckpt(arch)``: a vhtool checkpoint (normal init, zero bias) of a tiny model, made by init."""
-    made: dict[str, Path] = {}
 
     def make(arch: str) -> Path:
-        if arch not in made:
-            out = work / f"{arch}-vh"
-            init_checkpoint(saved_model(arch), out, head=HeadSpec("normal", seed=3), source={"model": arch})
-            made[arch] = out
-        return made[arch]
+        return initialised(arch, init="normal", seed=3)
 
     return make
 

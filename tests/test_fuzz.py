@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_verify import make_tiny_source
+from tests.helpers import make_tiny_source
 
 #: Per-strategy example counts; the test suite runs 200 in all. ``VHTOOL_FUZZ_SCALE`` multiplies them
 #: (``scripts/reliability_report.py`` sets it).

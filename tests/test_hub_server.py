@@ -31,10 +31,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 from safetensors.numpy import save_file
 
-try:
-    from tests.hub_fixtures import HubServer, hub_server  # noqa: F401 - fixture
-except ImportError:  # pragma: no cover - ``tests/`` on sys.path instead of being a package
-    from hub_fixtures import HubServer, hub_server  # type: ignore[no-redef]  # noqa: F401 - fixture
+from tests.hub_fixtures import HubServer
 
 REPO = "user/ckpt"
 TEXT = b"value head checkpoint\n"

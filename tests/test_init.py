@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 import vhtool
-from tests.conftest import SEQ2SEQ_ARCHS, VOCAB
+from tests.helpers import SEQ2SEQ_ARCHS, VOCAB
 from vhtool.checkpoint.init_op import HeadSpec, make_value_head
 
 ARCHS = ("gpt2", "llama", "opt", "gpt-neox", "t5")

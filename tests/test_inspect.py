@@ -17,8 +17,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from tests.helpers import json_error
-from tests.hub_fixtures import hub_server  # noqa: F401
-from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
 from vhtool.checkpoint.safetensors_io import build_header, read_header
 
 HIDDEN = 32  # tests/conftest.py tiny models
@@ -28,17 +26,13 @@ HIDDEN = 32  # tests/conftest.py tiny models
 
 
 @pytest.fixture(scope="module")
-def ckpts(saved_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Path]:
+def ckpts(initialised: Callable[..., Path]) -> dict[tuple[str, bool], Path]:
     """Policy checkpoints written by ``vhtool init`` for gpt2, llama and t5, single-file and sharded."""
-    root = tmp_path_factory.mktemp("inspect-ckpts")
-    out: dict[tuple[str, bool], Path] = {}
-    for arch in ("gpt2", "llama", "t5"):
-        for sharded in (False, True):
-            src = saved_model(arch, sharded=sharded)
-            dst = root / f"{arch}-{'sharded' if sharded else 'single'}"
-            init_checkpoint(src, dst, head=HeadSpec(), source={"model": str(src), "kind": "local"})
-            out[(arch, sharded)] = dst
-    return out
+    return {
+        (arch, sharded): initialised(arch, sharded=sharded)
+        for arch in ("gpt2", "llama", "t5")
+        for sharded in (False, True)
+    }
 
 
 def run_json(cli: Callable[..., Any], *args: Any) -> dict[str, Any]:
@@ -283,7 +277,7 @@ def peft_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     import transformers as tf
 
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config("gpt2")
     cfg.num_labels = 1

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import vhtool
-from tests.conftest import CAUSAL_ARCHS, SEQ2SEQ_ARCHS, VOCAB, build_tiny
+from tests.helpers import CAUSAL_ARCHS, SEQ2SEQ_ARCHS, VOCAB, build_tiny
 from vhtool.errors import CheckpointError, InputError
 
 ALL_ARCHS = CAUSAL_ARCHS + SEQ2SEQ_ARCHS
@@ -101,7 +101,7 @@ def test_forward_does_not_request_all_hidden_states(saved_model: Any) -> None:
 
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama", "t5"])
 def test_hidden_size_from_config(arch: str) -> None:
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(arch, hidden=48)
     head = vhtool.ValueHead(cfg)
@@ -174,7 +174,7 @@ def test_state_dict_round_trips_through_load_state_dict(saved_model: Any) -> Non
 def test_no_lm_head_is_a_clear_error() -> None:
     from transformers import GPT2Model
 
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     base = GPT2Model(tiny_config("gpt2"))
     with pytest.raises(InputError, match="no language-model head"):

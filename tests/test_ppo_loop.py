@@ -16,10 +16,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from tests.hub_fixtures import HubServer, hub_server  # noqa: F401 - fixture
-except ImportError:  # pragma: no cover - ``tests/`` on sys.path instead of being a package
-    from hub_fixtures import HubServer, hub_server  # type: ignore[no-redef]  # noqa: F401
+from tests.hub_fixtures import HubServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_loop.py"
 REPO = "user/trained-policy"

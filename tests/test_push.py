@@ -15,33 +15,20 @@ from typing import Any
 import pytest
 
 from tests.helpers import json_error
-
-try:
-    from tests.hub_fixtures import HubServer, hub_server  # noqa: F401 - fixture
-except ImportError:  # pragma: no cover - ``tests/`` on sys.path instead of being a package
-    from hub_fixtures import HubServer, hub_server  # type: ignore[no-redef]  # noqa: F401
+from tests.hub_fixtures import HubServer
 
 REPO = "user/tiny-policy"
 VHTOOL = str(Path(sys.executable).with_name("vhtool"))
 
 
-def _init(out: Path, *, seed: int = 0, link: str = "auto") -> Path:
-    from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
-    from vhtool.hub import resolve_source
-
-    src = resolve_source("builtin:tiny-gpt2")
-    init_checkpoint(src.path, out, head=HeadSpec(seed=seed), source=src.record(), link=link, durable=False)
-    return out
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ckpts(initialised: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Checkpoints made by init: single-file (seeds 0 and 1), sharded (--link hardlink), with a reward adapter."""
     base = tmp_path_factory.mktemp("push")
     out = {
-        "policy": _init(base / "policy"),
-        "policy_seed1": _init(base / "policy-seed1", seed=1),
-        "sharded": _init(base / "sharded", link="hardlink"),
+        "policy": initialised("builtin:tiny-gpt2"),
+        "policy_seed1": initialised("builtin:tiny-gpt2", seed=1),
+        "sharded": initialised("builtin:tiny-gpt2", link="hardlink"),
     }
     out["adapter"] = _make_reward_adapter(base / "adapter")
     from vhtool.checkpoint.attach_op import attach_reward_adapter
@@ -273,9 +260,9 @@ def test_push_while_offline_exit_1(
 
 
 def test_symlinked_weights_recorded_in_vhtool_json_are_pushed(
-    hub_server: HubServer, cli: Callable[..., Any], tmp_path: Path
+    hub_server: HubServer, cli: Callable[..., Any], initialised: Callable[..., Path]
 ) -> None:
-    ckpt = _init(tmp_path / "linked", link="symlink")
+    ckpt = initialised("builtin:tiny-gpt2", link="symlink")
     assert (ckpt / "model-00001-of-00001.safetensors").is_symlink()
     doc = _json(_push(cli, ckpt, REPO, "--json"))
     assert "model-00001-of-00001.safetensors" in doc["uploaded"]

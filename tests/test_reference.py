@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vhtool
-from tests.conftest import SEQ2SEQ_ARCHS, VOCAB
+from tests.helpers import SEQ2SEQ_ARCHS, VOCAB
 
 CONTAINERS = {
     "gpt2": "transformer.h",

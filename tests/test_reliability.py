@@ -22,8 +22,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import json_error, make_reward_adapter
-from tests.test_verify import TINY_CONFIG, make_tiny_source, write_header_doc, write_safetensors_raw
+from tests.helpers import (
+    TINY_CONFIG,
+    json_error,
+    make_reward_adapter,
+    make_tiny_source,
+    write_header_doc,
+    write_safetensors_raw,
+)
+from tests.synthetic import make_llama
 from vhtool.checkpoint.atomic import lock_sibling, tmp_sibling
 from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.checkpoint.verify_op import verify_checkpoint
@@ -37,13 +44,7 @@ KILL_PRESET = dict(hidden=256, intermediate=688, layers=4, heads=8, kv_heads=4, 
 
 def make_kill_model(directory: Path) -> Path:
     """The sparse ~340 MB Llama checkpoint the kill tests run ``init`` on (see :data:`KILL_PRESET`)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import benchlib
-    finally:
-        sys.path.pop(0)
-    benchlib.PRESETS["kill"] = KILL_PRESET
-    return benchlib.make_llama(directory, "kill", sparse=True)
+    return make_llama(directory, KILL_PRESET, sparse=True)
 
 
 def vhtool_argv(*args: object) -> list[str]:
@@ -234,13 +235,8 @@ def kill_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def small_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A ~37 MB Llama (benchlib's ``tiny`` preset), for the tests that only need a run to take a moment."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import benchlib
-    finally:
-        sys.path.pop(0)
-    return {"model": benchlib.make_llama(tmp_path_factory.mktemp("small-model") / "llama", "tiny")}
+    """A ~37 MB Llama (the ``tiny`` preset), for the tests that only need a run to take a moment."""
+    return {"model": make_llama(tmp_path_factory.mktemp("small-model") / "llama", "tiny")}
 
 
 @pytest.mark.parametrize("case", WRITE_CASES, ids=lambda c: c.name)

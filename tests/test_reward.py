@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import build_tiny
+from tests.helpers import build_tiny
 
 PAD = 127  # the tiny vocabulary's last id; never drawn as a real token below
 TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj", "gate_proj"]}

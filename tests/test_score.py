@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpts(work: Path) -> dict[str, Path]:
+def ckpts(work: Path, initialised: Callable[..., Path]) -> dict[str, Path]:
     """Policies from the built-ins (tiny-gpt2 pads right, tiny-llama left), plus copies padding the other side."""
-    out = {"gpt2": _init("builtin:tiny-gpt2", work / "gpt2"), "llama": _init("builtin:tiny-llama", work / "llama")}
+    out = {"gpt2": initialised("builtin:tiny-gpt2"), "llama": initialised("builtin:tiny-llama")}
     for name, side in (("gpt2", "left"), ("llama", "right")):
         flipped = work / f"{name}-{side}"
         shutil.copytree(out[name], flipped)

@@ -18,10 +18,7 @@ from typing import Any
 
 import pytest
 
-try:
-    from tests.hub_fixtures import HubServer, hub_server  # noqa: F401 - fixture
-except ImportError:  # pragma: no cover
-    from hub_fixtures import HubServer, hub_server  # type: ignore[no-redef]  # noqa: F401
+from tests.hub_fixtures import HubServer
 
 KINDS = ("vh_single", "trl_single", "trl_sharded", "vh_peft", "vh_peft_010", "trl_peft")
 

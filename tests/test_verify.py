@@ -14,42 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import json_error
-from vhtool.checkpoint.safetensors_io import build_header, read_header
+from tests.helpers import TINY_CONFIG, json_error, make_tiny_source, write_header_doc, write_safetensors_raw
+from vhtool.checkpoint.safetensors_io import read_header
 from vhtool.checkpoint.verify_op import VerifyResult, verify_checkpoint
 from vhtool.errors import InputError
 from vhtool.models.smoke import verify_forward
-
-# --------------------------------------------------------------------------------------------- helpers (shared)
-
-TINY_CONFIG = {"model_type": "gpt2", "n_embd": 4, "vocab_size": 8, "architectures": ["GPT2LMHeadModel"]}
-
-
-def write_safetensors_raw(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
-    """A well-formed safetensors file of ``name -> (dtype, shape, data)`` (data in the given order)."""
-    header, _ = build_header([(n, d, s, len(b)) for n, (d, s, b) in tensors.items()], {"format": "pt"})
-    path.write_bytes(header + b"".join(b for _, _, b in tensors.values()))
-
-
-def write_header_doc(path: Path, doc: Any, data: bytes = b"", *, declared: int | None = None) -> None:
-    """A safetensors file with an arbitrary JSON header ``doc`` (or raw bytes) and length prefix ``declared``."""
-    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    n = len(body) if declared is None else declared
-    path.write_bytes(struct.pack("<Q", n) + body + data)
-
-
-def make_tiny_source(directory: Path, *, head: np.ndarray | None = None) -> Path:
-    """A minimal checkpoint by hand: config.json and model.safetensors (an 8x4 embedding, optionally a value head)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(TINY_CONFIG))
-    tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {
-        "transformer.wte.weight": ("F32", (8, 4), np.arange(32, dtype="<f4").tobytes())
-    }
-    if head is not None:
-        tensors["v_head.summary.weight"] = ("F32", (1, 4), head.astype("<f4").tobytes())
-        tensors["v_head.summary.bias"] = ("F32", (1,), np.zeros(1, "<f4").tobytes())
-    write_safetensors_raw(directory / "model.safetensors", tensors)
-    return directory
 
 
 def failed(result: VerifyResult) -> dict[str, str]:
@@ -76,26 +45,14 @@ def set_head_values(ckpt: Path, values: list[float], dtype: str = "F32") -> None
 
 
 @pytest.fixture(scope="module")
-def policies(saved_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def policies(initialised: Callable[..., Path]) -> dict[str, Path]:
     """Policy checkpoints written by ``vhtool init``: single-file gpt2, sharded llama, symlinked llama, t5."""
-    from typer.testing import CliRunner
-
-    from vhtool.cli.app import app
-
-    runner = CliRunner()
-    root = tmp_path_factory.mktemp("verify-policies")
-    made = {
-        "gpt2": [str(saved_model("gpt2"))],
-        "llama-sharded": [str(saved_model("llama", sharded=True))],
-        "llama-symlink": [str(saved_model("llama")), "--link", "symlink"],
-        "t5": ["builtin:tiny-t5"],
+    return {
+        "gpt2": initialised("gpt2"),
+        "llama-sharded": initialised("llama", sharded=True),
+        "llama-symlink": initialised("llama", link="symlink"),
+        "t5": initialised("builtin:tiny-t5"),
     }
-    out = {}
-    for name, args in made.items():
-        res = runner.invoke(app, ["init", *args, "-o", str(root / name), "--no-fsync", "-q"])
-        assert res.exit_code == 0, res.output
-        out[name] = root / name
-    return out
 
 
 @pytest.fixture
@@ -384,7 +341,7 @@ def reward_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2ForSequenceClassification
 
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     torch.manual_seed(0)
     model = GPT2ForSequenceClassification(tiny_config("gpt2", num_labels=1, pad_token_id=0))
