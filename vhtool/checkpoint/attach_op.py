@@ -72,13 +72,6 @@ class AttachResult:
         }
 
 
-def default_output_name(policy: Path) -> Path:
-    """``<POLICY>-with-reward`` next to the policy."""
-    p = Path(policy)
-    name = p.resolve().name or "policy"
-    return p.parent / f"{name}-with-reward" if str(p.parent) else Path(f"{name}-with-reward")
-
-
 def _check_adapter_name(name: str) -> None:
     if not _SAFE_NAME.match(name) or name in ("default",):
         raise InputError(
@@ -240,4 +233,4 @@ def _copy_adapter(info: AdapterInfo, dst: Path) -> dict[str, FileEntry]:
     }
 
 
-__all__ = ["AttachResult", "attach_reward_adapter", "default_output_name"]
+__all__ = ["AttachResult", "attach_reward_adapter"]

@@ -106,12 +106,6 @@ class InitResult:
         }
 
 
-def default_output_name(model: str) -> str:
-    """``./<model-name>-value-head`` for a path, Hub id or ``builtin:`` name."""
-    name = model.rstrip("/").split(":")[-1].split("/")[-1] or "model"
-    return f"{name}-value-head"
-
-
 def architecture_of(config: dict[str, Any], where: Path) -> str:
     """``causal`` or ``seq2seq`` from the config; refuses classifier checkpoints, which have no LM head."""
     archs = config.get("architectures") or []

@@ -49,11 +49,6 @@ class ReferenceResult:
         }
 
 
-def default_reference_name(policy: Path) -> Path:
-    p = policy.absolute()
-    return p.parent / f"{p.name}-reference"
-
-
 def make_reference(
     policy: Path,
     out: Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.conventions import CONVENTIONS, VHEAD_BIAS, VHEAD_WEIGHT
@@ -43,12 +42,6 @@ _STEMS = {
 }
 #: Families whose ``...ForTokenClassification`` names its head ``classifier`` (the others use ``score``).
 _CLASSIFIER_FAMILIES = frozenset({"gpt2", "gpt_neo", "gpt_neox", "gpt_bigcode", "bloom", "falcon", "mpt", "biogpt"})
-
-
-def default_output_name(src: Path, target: str) -> str:
-    """``./<src-name>-<target>`` (e.g. ``./gpt2-value-head-seq-cls``)."""
-    name = Path(src).resolve().name or "model"
-    return f"{name}-{target}"
 
 
 def target_architecture(config: dict[str, Any], target: str) -> str | None:
