@@ -97,7 +97,12 @@ def main() -> int:
             for replace in (False, True):
                 if replace and not out.exists():
                     continue
-                delays = [("tmp", rng.uniform(0.0, 0.8)) for _ in range(args.kills_per_campaign)]
+                # Kill at random fractions of a measured write, so kills land mid-write however fast it is.
+                probe = work / "probe" / case.name / "out"
+                shutil.rmtree(probe.parent, ignore_errors=True)
+                probe.parent.mkdir(parents=True)
+                window = rel.write_window(case.argv(sources, probe, 0, fsync), probe)
+                delays = [("tmp", rng.uniform(0.0, 0.9) * window) for _ in range(args.kills_per_campaign)]
                 if not replace:
                     shutil.rmtree(out.parent, ignore_errors=True)
                     delays[0] = ("start", rng.uniform(0.1, 0.5))
