@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -637,8 +638,13 @@ def manifest_text(manifest: Manifest) -> str:
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Writes ``directory/vhtool.json``, stamped with the running vhtool's version (the one place that stamps)."""
-    (directory / MANIFEST_FILE).write_text(manifest_text(manifest.stamped()), encoding="utf-8")
+    """Writes ``directory/vhtool.json``, stamped with the running vhtool's version (the one place that stamps).
+
+    Written to a temporary sibling and renamed, so updating a manifest in place never leaves half of one.
+    """
+    tmp = directory / f".{MANIFEST_FILE}.vhtool-tmp"
+    tmp.write_text(manifest_text(manifest.stamped()), encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST_FILE)
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -50,26 +50,27 @@ def offline_mode() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def reachable(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> bool:
-    """Whether the Hub answers for ``repo_id`` now: False offline or when the endpoint cannot be reached.
-
-    One request, without retries. A repo that does not exist, a gated repo or a missing revision is an
-    error, not False.
+def model_info_once(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> Any | None:
+    """``HfApi.model_info`` in one request, without retries; None offline or when the endpoint cannot be reached.
 
     Raises:
         HubUnavailableError: no such repo.
         InputError: a gated repo or a missing revision.
     """
     if offline_mode():
-        return False
+        return None
     from huggingface_hub import HfApi
 
     with hub_errors(repo_id, action="look up", revision=revision):
         try:
-            HfApi(token=token).model_info(repo_id, revision=revision, token=token)
+            return HfApi(token=token).model_info(repo_id, revision=revision, token=token)
         except transport_errors():
-            return False
-    return True
+            return None
+
+
+def reachable(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> bool:
+    """Whether the Hub answers for ``repo_id`` now (see :func:`model_info_once`, which raises the same errors)."""
+    return model_info_once(repo_id, revision=revision, token=token) is not None
 
 
 def snapshot(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vhtool.hub.download import offline_mode
-from vhtool.hub.errors import hub_errors, no_progress_bars, transport_errors
+from vhtool.hub.download import model_info_once
+from vhtool.hub.errors import hub_errors, no_progress_bars
 
 
 @dataclass(frozen=True)
@@ -125,15 +125,9 @@ def open_remote_repo(
         HubUnavailableError: no such repo.
         InputError: a gated repo or a missing revision.
     """
-    if offline_mode():
+    info = model_info_once(repo_id, revision=revision, token=token)
+    if info is None:
         return None
-    from huggingface_hub import HfApi
-
-    with hub_errors(repo_id, action="look up", revision=revision):
-        try:
-            info = HfApi(token=token).model_info(repo_id, revision=revision, token=token)
-        except transport_errors():
-            return None
     files = frozenset(s.rfilename for s in (info.siblings or []))
     return RemoteRepo(repo_id=repo_id, revision=revision, commit=info.sha, files=files, token=token)
 

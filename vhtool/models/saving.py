@@ -13,15 +13,17 @@ that are gone.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from vhtool.checkpoint.layout import INDEX_FILE, MANIFEST_FILE
+from vhtool.checkpoint.layout import INDEX_FILE
+from vhtool.checkpoint.manifest import FileEntry, read_manifest, write_manifest
+from vhtool.checkpoint.names import MANIFEST_FILE
+from vhtool.errors import CheckpointError
 
 T = TypeVar("T")
 
@@ -86,27 +88,19 @@ def refresh_manifest(directory: Path) -> None:
 
     The files were just written by ``save_pretrained``: their sizes are recorded and their sha256 left
     out (hashing a large model on every save would double its cost); ``verify --hash`` checks content.
-    Everything else the manifest says (role, source, reward adapter) is kept.
+    Everything else the manifest says (role, source, reward adapter) is kept. A malformed manifest is
+    left as it is, for ``verify`` to report.
     """
     path = directory / MANIFEST_FILE
     if not path.is_file():
         return
     try:
-        doc: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return
-    if not isinstance(doc, dict):
+        manifest = read_manifest(path)
+    except CheckpointError:
         return
     weights = sorted(e.name for e in directory.iterdir() if e.is_file() and e.name.endswith(".safetensors"))
-    doc["files"] = {
-        name: {"size": (directory / name).stat().st_size, "sha256": None, "how": "save_pretrained"} for name in weights
-    }
-    if "layout" in doc:
-        doc["layout"] = "sharded" if (directory / INDEX_FILE).is_file() else "single-file"
-    doc["saved_by"] = "save_pretrained"
-    from vhtool._version import __version__
-
-    doc["vhtool_version"] = __version__
-    tmp = path.with_name(f".{MANIFEST_FILE}.vhtool-tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    files = {n: FileEntry(size=(directory / n).stat().st_size, how="save_pretrained") for n in weights}
+    changes: dict[str, object] = {"files": files, "extra": {**manifest.extra, "saved_by": "save_pretrained"}}
+    if manifest.layout is not None:
+        changes["layout"] = "sharded" if (directory / INDEX_FILE).is_file() else "single-file"
+    write_manifest(directory, manifest.replace(**changes))
