@@ -162,3 +162,27 @@ def test_import_does_not_load_torch() -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_make_builtin_check_ignores_the_transformers_version_stamp(tmp_path: Path) -> None:
+    """A new transformers release changes only ``transformers_version``: ``--check`` still passes; a real change fails."""
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "vhtool" / "builtin"
+    out = tmp_path / "builtin"
+    import shutil
+
+    for name in NAMES:
+        shutil.copytree(shipped / name, out / name)
+    for rel in ("tiny-gpt2/config.json", "tiny-llama/generation_config.json"):
+        doc = json.loads((out / rel).read_text())
+        doc["transformers_version"] = "99.0.0"
+        (out / rel).write_text(json.dumps(doc, indent=2) + "\n")
+    script = [sys.executable, str(repo / "scripts" / "make_builtin.py"), "--check", "--out", str(out)]
+    res = subprocess.run(script, capture_output=True, text=True)
+    assert res.returncode == 0 and "up to date" in res.stdout, res.stderr
+
+    doc = json.loads((out / "tiny-gpt2" / "config.json").read_text())
+    doc["n_layer"] = doc["n_layer"] + 1  # a change of meaning is still found
+    (out / "tiny-gpt2" / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    res = subprocess.run(script, capture_output=True, text=True)
+    assert res.returncode == 1 and "DIFFERS: tiny-gpt2/config.json" in res.stderr
