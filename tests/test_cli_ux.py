@@ -106,7 +106,9 @@ def test_the_core_still_validates_choices() -> None:
 
 
 def test_completion_script(tmp_path: Path) -> None:
-    env = {**os.environ, "SHELL": "/bin/bash"}
+    # Typer finds the shell from the process tree (shellingham), which depends on what started pytest; its switch
+    # for tests makes --show-completion take the shell's name instead, whatever the parent process is.
+    env = {**os.environ, "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     res = subprocess.run([VHTOOL, "--show-completion", "bash"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "_VHTOOL_COMPLETE" in res.stdout and "complete " in res.stdout
