@@ -15,12 +15,16 @@ Invariants after every step:
 * no temporary, aside or lock file is left behind;
 * a non-main-process save changes nothing.
 
-Seeded (``derandomize``) and bounded, so CI runs the same few hundred steps every time.
+Seeded (``derandomize``) and bounded, so CI runs the same few dozen steps every time.
+``scripts/model_based_campaign.py`` runs a longer, random campaign of the same machine (``VHTOOL_MBT_EXAMPLES``,
+``VHTOOL_MBT_STEPS``, ``VHTOOL_MBT_RANDOM``) and reports what it did (``VHTOOL_MBT_REPORT``: steps by rule, interrupts by signal, invariant checks) for
+docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +68,12 @@ USER_FILES = {
     "user/config.json": b'{"mine": true}\n',
 }
 LEFTOVER_MARKS = (".vhtool-tmp", ".vhtool-lock", ".vhtool-old", ".vhtool-save-")
+#: What the machine did, for the campaign report: steps by rule, interrupts by signal and outcome, checks.
+STATS: dict[str, int] = {}
+
+
+def _count(key: str) -> None:
+    STATS[key] = STATS.get(key, 0) + 1
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -109,6 +119,7 @@ def run_machine(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         # ------------------------------------------------------------------------------------------ helpers
 
         def cli(self, *args: str) -> Any:
+            _count(f"step:{args[0]}")
             res = runner.invoke(app, [str(a) for a in args])
             # Exit 0, 1 or 2 with a message: never a traceback.
             assert res.exception is None or isinstance(res.exception, SystemExit), (args, res.exception, res.output)
@@ -171,6 +182,7 @@ def run_machine(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 return  # saving a policy over a reference or a critic is the user's business, not an invariant
             before = _digest(self.slot(out)) if self.slot(out).exists() else None
             kwargs: dict[str, Any] = {"max_shard_size": "40KB"} if sharded else {}
+            _count(f"step:save_pretrained:{'main' if main else 'non-main'}:{'sharded' if sharded else 'single'}")
             policy_model.save_pretrained(str(self.slot(out)), is_main_process=main, **kwargs)
             if not main:  # a non-main rank writes nothing and deletes nothing
                 after = _digest(self.slot(out)) if self.slot(out).exists() else None
@@ -201,6 +213,7 @@ def run_machine(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             _, err = proc.communicate(timeout=120)
             code = proc.returncode
             finished = code == 0
+            _count(f"interrupt:{sig.name}:{'finished first' if finished else 'interrupted'}")
             if sig == signal.SIGKILL and not finished:
                 # A killed run cannot clean up after itself: the next run on the same output does. Rerun it.
                 rerun = self.cli("init", sources[source], "-o", out, "--force")
@@ -215,6 +228,7 @@ def run_machine(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
         @invariant()
         def user_files_untouched(self) -> None:
+            _count("invariant checks")
             assert _digest(self.root / ".git") == {
                 k[len(".git/") :]: v for k, v in self.user_digest.items() if k.startswith(".git/")
             }
@@ -243,14 +257,20 @@ def run_machine(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 assert hub.file_bytes(self.repo, path) == data, path
 
     settings_ = settings(
-        max_examples=6,
-        stateful_step_count=10,
+        max_examples=int(os.environ.get("VHTOOL_MBT_EXAMPLES", "6")),
+        stateful_step_count=int(os.environ.get("VHTOOL_MBT_STEPS", "10")),
         deadline=None,
-        derandomize=True,
+        derandomize=not os.environ.get("VHTOOL_MBT_RANDOM"),
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    run_state_machine_as_test(Workspace, settings=settings_)
+    STATS.clear()
+    try:
+        run_state_machine_as_test(Workspace, settings=settings_)
+    finally:
+        report = os.environ.get("VHTOOL_MBT_REPORT")
+        if report:
+            Path(report).write_text(json.dumps({"workspaces": next(counter), **STATS}, indent=2, sort_keys=True))
 
 
 def test_model_based_file_world(
