@@ -17,8 +17,8 @@ Invariants after every step:
 
 Seeded (``derandomize``) and bounded, so CI runs the same few dozen steps every time.
 ``scripts/model_based_campaign.py`` runs a longer, random campaign of the same machine (``VHTOOL_MBT_EXAMPLES``,
-``VHTOOL_MBT_STEPS``, ``VHTOOL_MBT_RANDOM``) and reports what it did (``VHTOOL_MBT_REPORT``: steps by rule, interrupts by signal, invariant checks) for
-docs/reliability.md.
+``VHTOOL_MBT_STEPS``, ``VHTOOL_MBT_RANDOM``) and reports what it did (``VHTOOL_MBT_REPORT``: steps by rule,
+interrupts by signal, invariant checks) for docs/reliability.md.
 """
 
 from __future__ import annotations
