@@ -97,3 +97,18 @@ def test_hub_reads_what_the_index_names() -> None:
     assert cat.hub_weight_names(index=None)[0] == "model.safetensors"
     meta = cat.hub_metadata_names()
     assert "config.json" in meta and not any(n.startswith(("original/", "onnx/")) or n == "*.json" for n in meta)
+
+
+def test_adapter_copies_keep_the_subfolder_replaceable() -> None:
+    """attach-reward-adapter copies from a trainer's folder only what --force may replace in an adapter subfolder."""
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json", "LICENSE"):
+        assert cat.adapter_copies(name) and cat.adapter_folder_may_hold(name)
+    for name in ("adapter_model.bin", "training_args.bin", "train.py", ".gitattributes", "optimizer.pt"):
+        assert not cat.adapter_copies(name)
+
+
+def test_remote_code_modules_travel_but_scripts_do_not() -> None:
+    for name in ("modeling_qwen.py", "configuration_qwen.py", "tokenization_qwen.py"):
+        assert cat.kind_of(name) is Kind.AUXILIARY and cat.init_copies(name) and cat.force_may_replace(name)
+    for name in ("train.py", "eval.py", "run_modeling.py"):
+        assert cat.kind_of(name) is None and not cat.init_copies(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import TINY_LLAMA_PRESET, make_reward_adapter
+from vhtool.builtin import builtin_path
 
 COMMANDS = ("init", "make-reference", "attach-reward-adapter", "score", "inspect-layers", "verify", "convert", "push")
 VHTOOL = str(Path(sys.executable).with_name("vhtool"))
@@ -208,7 +210,10 @@ def test_missing_value_head_warning_once(recwarn: pytest.WarningsRecorder, capfd
 def test_push_dry_run_offline_is_honest(cli: Callable[..., Any], tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli("init", "builtin:tiny-gpt2", "-q").exit_code == 0
-    assert (tmp_path / "tiny-gpt2-value-head" / "builtin.json").exists()  # carried over from the built-in
+    marker = tmp_path / "tiny-gpt2-value-head" / "builtin.json"
+    assert not marker.exists()  # init leaves the built-in's marker behind (catalogue.init_copies)
+    # a folder copied by hand from a built-in still carries it: push must skip it, and say why
+    shutil.copyfile(builtin_path("tiny-gpt2") / "builtin.json", marker)
     res = cli("push", "tiny-gpt2-value-head", "me/tiny", "--dry-run")
     assert res.exit_code == 0, res.stderr
     assert "remote not checked" in res.stdout and "not checked model.safetensors" in res.stdout

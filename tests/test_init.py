@@ -170,12 +170,15 @@ def test_existing_output_and_force(saved_model: Any, cli: Any, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary siblings left
 
 
-def test_source_with_value_head_needs_force(saved_model: Any, cli: Any, tmp_path: Path) -> None:
+def test_source_with_value_head_needs_reinit_head(saved_model: Any, cli: Any, tmp_path: Path) -> None:
     src = saved_model("gpt2")
     assert cli("init", src, "-o", tmp_path / "p", "--seed", "1").exit_code == 0
     res = cli("init", tmp_path / "p", "-o", tmp_path / "q")
     assert res.exit_code == 2 and "already has a value head" in res.stderr and not (tmp_path / "q").exists()
-    res = cli("init", tmp_path / "p", "-o", tmp_path / "q", "--force", "--seed", "2", "--json")
+    # --force only replaces a previous output (issue 20, point 5): it never re-initialises a head
+    res = cli("init", tmp_path / "p", "-o", tmp_path / "q", "--force")
+    assert res.exit_code == 2 and "--reinit-head" in res.stderr and not (tmp_path / "q").exists()
+    res = cli("init", tmp_path / "p", "-o", tmp_path / "q", "--reinit-head", "--seed", "2", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["reinitialised"] is True
     with safe_open(str(tmp_path / "q" / "model.safetensors"), "pt") as fh:
         assert sorted(k for k in fh.keys() if k.startswith("v_head")) == [  # noqa: SIM118

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ def test_init_and_load_honour_revision(hub_server: Any, cli: Any, tmp_path: Path
     upload(hub_server, "user/tiny", tmp_path / "policy", branch="with-head")
     res = cli("init", "user/tiny", "-o", tmp_path / "again", "--revision", "with-head")
     assert res.exit_code == 2 and "already has a value head" in res.stderr
+    # the suggestion names the Hub id and revision as typed (not the cache snapshot), and works as written
+    (suggested,) = re.findall(r"`vhtool (init [^`]+)`", " ".join(res.stderr.split()))
+    assert suggested == f"init user/tiny --revision with-head -o {tmp_path / 'again'} --reinit-head"
+    assert cli(*shlex.split(suggested), "-q").exit_code == 0
     assert cli("init", "user/tiny", "-o", tmp_path / "main").exit_code == 0
 
     on_branch = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained("user/tiny", revision="with-head")

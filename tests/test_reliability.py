@@ -538,7 +538,7 @@ def test_pickle_with_allow_pickle_is_read_weights_only(cli: Callable[..., Any], 
 
 
 def test_nan_value_head_refused_then_repaired_by_force(cli: Callable[..., Any], tmp_path: Path) -> None:
-    """A value head holding NaN: verify fails; init refuses (the source has a head) unless --force re-initialises."""
+    """A value head holding NaN: verify fails; init refuses (the source has a head) unless --reinit-head."""
     src = make_tiny_source(tmp_path / "src", head=np.array([1.0, np.nan, 2.0, np.inf]))
     res = cli("verify", src, "--json")
     assert res.exit_code == 1
@@ -546,7 +546,7 @@ def test_nan_value_head_refused_then_repaired_by_force(cli: Callable[..., Any], 
     res = cli("init", src, "-o", tmp_path / "out")
     assert res.exit_code == 2 and "already has a value head" in res.stderr
     assert not (tmp_path / "out").exists()
-    res = cli("init", src, "-o", tmp_path / "out", "--force", "--no-fsync")
+    res = cli("init", src, "-o", tmp_path / "out", "--reinit-head", "--no-fsync")
     assert res.exit_code == 0, res.output
     result = verify_checkpoint(tmp_path / "out", hash_all=True)
     assert result.ok, [c for c in result.checks if not c.ok]

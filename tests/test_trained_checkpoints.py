@@ -192,18 +192,22 @@ def test_init_on_a_trained_checkpoint_suggests_adoption_that_works(
     res = cli(*commands[0])
     assert res.exit_code == 0, res.stderr
     assert _head(tmp_path / "out") == _head(src)  # the trained head, kept
-    res = cli(*commands[1])  # --force: a fresh head replacing the adopted copy (vhtool wrote it)
+    # the other suggestion, --reinit-head, is the alternative: a fresh head (run where "out" is still free)
+    assert "--reinit-head" in commands[1] and "--force" not in commands[1]
+    (tmp_path / "alt").mkdir()
+    monkeypatch.chdir(tmp_path / "alt")
+    res = cli(*commands[1])
     assert res.exit_code == 0, res.stderr
-    assert _head(tmp_path / "out") != _head(src)
+    assert _head(tmp_path / "alt" / "out") != _head(src) and _head(tmp_path / "out") == _head(src)
 
 
-def test_init_on_a_vhtool_policy_suggests_force(cli: Callable[..., Any], tmp_path: Path) -> None:
+def test_init_on_a_vhtool_policy_suggests_reinit_head(cli: Callable[..., Any], tmp_path: Path) -> None:
     policy = tmp_path / "policy"
     assert cli("init", "builtin:tiny-gpt2", "-o", policy, "-q").exit_code == 0
     res = cli("init", policy, "-o", tmp_path / "again")
     assert res.exit_code == 2
     (command,) = _suggested(" ".join(res.stderr.split()))
-    assert command[0] == "init" and "--force" in command
+    assert command[0] == "init" and "--reinit-head" in command and "--force" not in command
     assert cli(*command).exit_code == 0
 
 
@@ -225,7 +229,7 @@ def test_verify_suggestions_work(saved: dict[str, Path], cli: Callable[..., Any]
     assert cli(*command, "-q").exit_code == 0
     assert cli("verify", command[command.index("-o") + 1], "-q").exit_code == 0
 
-    # a NaN head: verify suggests init --force into a new folder, which verifies
+    # a NaN head: verify suggests init --reinit-head into a new folder, which verifies
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in saved["trl_single"].iterdir():
@@ -236,7 +240,7 @@ def test_verify_suggestions_work(saved: dict[str, Path], cli: Callable[..., Any]
     res = cli("verify", broken, "--json")
     detail = next(c["detail"] for c in json.loads(res.stdout)["checks"] if c["name"] == "value_head")
     (command,) = _suggested(detail)
-    assert "--force" in command
+    assert "--reinit-head" in command and "--force" not in command
     assert cli(*command, "-q").exit_code == 0, command
     assert cli("verify", command[command.index("-o") + 1], "-q").exit_code == 0
 

@@ -293,8 +293,8 @@ def test_non_finite_value_head_fails(tmp_path: Path, value: float, dtype: str) -
     assert "value_head" not in failed(ok) and f"{dtype}" in next(c.detail for c in ok.checks if c.name == "value_head")
     set_head_values(src, [1.0, value, 2.0, 3.0], dtype=dtype)
     bad = failed(verify_checkpoint(src))
-    # the suggestion is an exact command now (issue 15): `vhtool init SRC --force -o SRC-reinit`
-    assert "1 NaN/inf value(s)" in bad["value_head"] and f"vhtool init {src} --force -o" in bad["value_head"]
+    # the suggestion is an exact command now (issue 15): `vhtool init SRC --reinit-head -o SRC-reinit`
+    assert "1 NaN/inf value(s)" in bad["value_head"] and f"vhtool init {src} --reinit-head -o" in bad["value_head"]
 
 
 def test_value_head_shape_and_absence(copy_of: Callable[[str], Path], saved_model: Callable[..., Path]) -> None:

@@ -15,6 +15,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vhtool.checkpoint.catalogue import BUILTIN_MARKER
+
 if TYPE_CHECKING:
     from importlib.abc import Traversable
 
@@ -22,8 +24,6 @@ __all__ = ["BUILTIN_PREFIX", "builtin_info", "builtin_path", "is_builtin", "list
 
 BUILTIN_PREFIX = "builtin:"
 """Prefix that marks a model reference as a built-in (e.g. ``builtin:tiny-gpt2``)."""
-
-_MARKER = "builtin.json"
 
 
 def _root() -> Traversable:
@@ -41,7 +41,9 @@ def list_builtin() -> list[str]:
     Returns:
         Sorted names such as ``"tiny-gpt2"`` (without the ``builtin:`` prefix).
     """
-    return sorted(entry.name for entry in _root().iterdir() if entry.is_dir() and entry.joinpath(_MARKER).is_file())
+    return sorted(
+        entry.name for entry in _root().iterdir() if entry.is_dir() and entry.joinpath(BUILTIN_MARKER).is_file()
+    )
 
 
 def is_builtin(ref: str) -> bool:
@@ -137,6 +139,6 @@ def builtin_info(name: str) -> dict[str, str]:
     Raises:
         KeyError: If no built-in of that name exists.
     """
-    with builtin_path(name).joinpath(_MARKER).open(encoding="utf-8") as fh:
+    with builtin_path(name).joinpath(BUILTIN_MARKER).open(encoding="utf-8") as fh:
         info: dict[str, str] = json.load(fh)
     return info

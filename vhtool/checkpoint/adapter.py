@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE
 from vhtool.checkpoint.layout import Checkpoint, hidden_size, read_json_object, safe_member
 from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from vhtool.checkpoint.safetensors_io import read_header
@@ -242,9 +243,9 @@ def _pickle_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def _base_model_type(info: AdapterInfo) -> str | None:
     """The ``model_type`` of the base the adapter was trained on, when its config can be found locally."""
     base = info.config.get("base_model_name_or_path")
-    candidates = [info.path / "config.json"]
+    candidates = [info.path / CONFIG_FILE]
     if isinstance(base, str) and base:
-        candidates.append(Path(base).expanduser() / "config.json")
+        candidates.append(Path(base).expanduser() / CONFIG_FILE)
     for cand in candidates:
         try:
             if cand.is_file():

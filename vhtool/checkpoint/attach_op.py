@@ -17,6 +17,7 @@ from typing import Any
 
 from vhtool.checkpoint.adapter import AdapterInfo, adapter_member, check_fit, inspect_adapter, policy_tensor_shapes
 from vhtool.checkpoint.atomic import atomic_output_dir
+from vhtool.checkpoint.catalogue import CARD_FILE, adapter_copies
 from vhtool.checkpoint.conventions import find_heads
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hash_file
 from vhtool.checkpoint.init_op import copy_aux_files, place_weight_files
@@ -33,7 +34,6 @@ from vhtool.checkpoint.names import ADAPTER_PICKLE, ADAPTER_WEIGHTS, DEFAULT_ADA
 from vhtool.checkpoint.target import check_output_target
 from vhtool.errors import CheckpointError, InputError
 
-_NOT_COPIED_FROM_ADAPTER = {ADAPTER_PICKLE, ".gitattributes"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -206,16 +206,18 @@ def attach_reward_adapter(
 
 def _copy_policy_aux(src: Path, dst: Path) -> None:
     copy_aux_files(src, dst)
-    for extra in ("README.md",):
-        if (src / extra).is_file():
-            shutil.copyfile(safe_member(src, extra, extra), dst / extra)
+    if (src / CARD_FILE).is_file():  # the policy's card stays with it (init leaves a source model's card behind)
+        shutil.copyfile(safe_member(src, CARD_FILE, CARD_FILE), dst / CARD_FILE)
 
 
 def _copy_adapter(info: AdapterInfo, dst: Path) -> dict[str, FileEntry]:
-    """Copies the adapter's top-level files into ``dst`` (a pickle is rewritten as safetensors); returns hashes."""
+    """Copies the adapter's files that :func:`~vhtool.checkpoint.catalogue.adapter_copies` allows into ``dst``.
+
+    A pickle is rewritten as safetensors. Returns the copied files' sizes and hashes.
+    """
     dst.mkdir()
     for p in sorted(info.path.iterdir()):
-        if p.name in _NOT_COPIED_FROM_ADAPTER or p.name.startswith(".") or p.is_dir():
+        if not adapter_copies(p.name) or p.is_dir():
             continue
         real = adapter_member(info.path, p.name, "an adapter file")
         if real.is_file():

@@ -37,6 +37,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SIDECAR_FILE = "value_head.safetensors"
 #: The extra shard ``init`` writes for the value head of a sharded model.
 HEAD_SHARD = "model-value-head.safetensors"
+#: The name a single-file source's weights take when ``init --link`` places them as the one shard of a sharded layout.
+LINKED_SINGLE = "model-00001-of-00001.safetensors"
 #: The model's configuration.
 CONFIG_FILE = "config.json"
 #: The generation defaults ``save_pretrained`` writes for a generative model.
@@ -61,6 +63,9 @@ SIDECAR_PICKLE = "value_head.bin"
 #: The reward adapter's default PEFT name, which is also the subfolder it is stored in.
 DEFAULT_ADAPTER_NAME = "reward_model_adapter"
 DEFAULT_ADAPTER_SUBFOLDER = DEFAULT_ADAPTER_NAME
+#: Where a PEFT policy folder keeps its value head, in the order vhtool reads them (TRL 1.12.0's pickle,
+#: :data:`PICKLE_FILE`, comes last and only with ``--allow-pickle``).
+PEFT_HEAD_FILES = (SINGLE_FILE, SIDECAR_FILE)
 
 #: Tokenizer files (``save_pretrained`` of a tokenizer, sentencepiece and tiktoken models, chat templates).
 TOKENIZER_NAMES = frozenset(
@@ -92,6 +97,10 @@ AUXILIARY_PATTERNS = (
     "feature_extractor_config.json",
     "image_processor_config.json",
     "video_preprocessor_config.json",
+    # A remote-code model's own modules (config.json's auto_map names them): without them it does not load.
+    "configuration_*.py",
+    "modeling_*.py",
+    "tokenization_*.py",
 )
 #: What ``Trainer.save_model`` writes beside the model (training state; a pickle, never published).
 TRAINING_NAMES = frozenset({"training_args.bin"})
@@ -198,6 +207,16 @@ def force_may_replace(name: str) -> bool:
 def adapter_folder_may_hold(name: str) -> bool:
     """Whether a file may be in a PEFT adapter subfolder of a directory that ``--force`` replaces."""
     return force_may_replace(name)
+
+
+def adapter_copies(name: str) -> bool:
+    """Whether ``attach-reward-adapter`` copies this top-level file of a PEFT adapter folder into its subfolder.
+
+    The adapter's config and safetensors weights (a pickle is rewritten as safetensors instead), its card, and
+    the config, tokenizer and auxiliary files :func:`init_copies` would copy; never pickles, training state,
+    hidden or unknown files, so the subfolder stays one that ``--force`` may replace.
+    """
+    return name != ADAPTER_PICKLE and (init_copies(name) or kind_of(name) in (Kind.ADAPTER, Kind.CARD))
 
 
 def push_publishes(name: str) -> bool:
@@ -326,13 +345,16 @@ __all__ = [
     "GENERATION_CONFIG_FILE",
     "HEAD_SHARD",
     "INDEX_FILE",
+    "LINKED_SINGLE",
     "MANIFEST_FILE",
+    "PEFT_HEAD_FILES",
     "PICKLE_FILE",
     "PICKLE_INDEX_FILE",
     "SIDECAR_FILE",
     "SIDECAR_PICKLE",
     "SINGLE_FILE",
     "Kind",
+    "adapter_copies",
     "adapter_folder_may_hold",
     "force_may_replace",
     "hub_metadata_names",

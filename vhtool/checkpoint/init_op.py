@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
+from vhtool.checkpoint.catalogue import HEAD_SHARD as HEAD_SHARD
+from vhtool.checkpoint.catalogue import LINKED_SINGLE as LINKED_SINGLE
+from vhtool.checkpoint.catalogue import init_copies
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads, ties_embeddings
 from vhtool.checkpoint.copyio import LINK_MODES, FileRecord, Progress, hub_blob_sha256, place_file, run_parallel
 from vhtool.checkpoint.layout import (
     INDEX_FILE,
-    MANIFEST_FILE,
-    PICKLE_FILES,
-    SIDECAR_FILE,
     SINGLE_FILE,
     Checkpoint,
     hidden_size,
@@ -36,9 +36,6 @@ from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetenso
 from vhtool.choices import INIT_STRATEGIES as INIT_STRATEGIES
 from vhtool.errors import InputError
 
-HEAD_SHARD = "model-value-head.safetensors"
-LINKED_SINGLE = "model-00001-of-00001.safetensors"
-_NOT_COPIED = {SINGLE_FILE, INDEX_FILE, SIDECAR_FILE, MANIFEST_FILE, "README.md", ".gitattributes", *PICKLE_FILES}
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
 
 
@@ -138,13 +135,44 @@ def _classifier_hint_for(config: dict[str, Any], where: Path, out: Path) -> str:
     )
 
 
+def _has_head_message(
+    ckpt: Checkpoint, out: Path, *, kinds: str, source: dict[str, Any], force: bool, convention: str
+) -> str:
+    """The refusal of a source that already has a value head: what to run instead, as commands that work."""
+    src_args = [str(ckpt.path)]
+    model = source.get("model")
+    if source.get("kind") in ("hub", "builtin") and isinstance(model, str) and model:
+        src_args = [model]  # the Hub id as typed, not its cache snapshot
+        revision = source.get("revision")
+        if isinstance(revision, str) and revision:
+            src_args += ["--revision", revision]
+    src_q = shlex.join(src_args)
+    out_q = shlex.quote(str(out))
+    again = " --force" if force else ""  # OUT exists (check_output_target let it through only with --force)
+    reinit = f"`vhtool init {src_q} -o {out_q} --reinit-head{again}` replaces it with a fresh, untrained one"
+    force_note = " (--force only replaces a previous output, never a head)" if force else ""
+    if ckpt.manifest is None and "--revision" not in src_args:  # convert takes no --revision
+        # what save_pretrained writes after training: keep the trained head
+        return (
+            f"{ckpt.path}: already has a value head ({kinds}), e.g. a trained one saved by save_pretrained; "
+            f"`vhtool convert {src_q} --to {convention} -o {out_q}{again}` adopts it as it is (the head kept bit for "
+            f"bit, a vhtool.json written); {reinit}{force_note}."
+        )
+    return (
+        f"{ckpt.path}: already has a value head ({kinds}) and is a value-head checkpoint as it is (use it, or copy "
+        f"the folder, to keep that head); {reinit}{force_note}."
+    )
+
+
 def copy_aux_files(src: Path, dst: Path) -> list[str]:
-    """Copies config, generation config and tokenizer files (regular files at the top level, not weights)."""
+    """Copies what :func:`~vhtool.checkpoint.catalogue.init_copies` allows: config, tokenizer, auxiliary files.
+
+    Regular files at the top level only. Weights, indexes, vhtool's manifest and card, pickles, training state and
+    unknown files (``train.py``) stay behind, so the output holds nothing ``--force`` may not replace later.
+    """
     copied = []
     for p in sorted(src.iterdir()):
-        if p.name in _NOT_COPIED or p.name.endswith(".safetensors") or p.name.startswith("."):
-            continue
-        if p.is_dir():
+        if not init_copies(p.name) or p.is_dir():
             continue
         real = safe_member(src, p.name, "a source file")  # refuses links leading outside the source
         if not real.is_file():
@@ -197,6 +225,7 @@ def init_checkpoint(
     source: dict[str, Any],
     link: str = "auto",
     force: bool = False,
+    reinit_head: bool = False,
     want_hash: bool = False,
     progress_factory: Callable[[int], Progress] | None = None,
     durable: bool = True,
@@ -209,10 +238,16 @@ def init_checkpoint(
         head: the value-head initialisation.
         source: what to record as the source in ``vhtool.json`` (``model``, ``revision``...).
         link: how base weight files get into ``out`` (see :data:`LINK_MODES`).
-        force: replace ``out`` if it exists, and re-initialise a head the source already has.
+        force: replace ``out`` if it is a previous vhtool output (nothing more: see :mod:`vhtool.checkpoint.target`).
+        reinit_head: replace a value head the source already has with a fresh one; without it such a source is
+            refused, so a trained head is never thrown away by accident.
         want_hash: hash linked files too (a full read); copies are always hashed for free.
         progress_factory: called with the total bytes, returns a callback taking byte counts.
         durable: fsync before the final rename.
+
+    Raises:
+        InputError: ``src`` already has a value head and ``reinit_head`` is false (the message names
+            ``--reinit-head`` and, for a trained save, ``vhtool convert``), or any other bad input.
     """
     started = time.perf_counter()
     if link not in LINK_MODES:
@@ -226,21 +261,14 @@ def init_checkpoint(
     drop: set[str] = set()
     if heads:
         kinds = ", ".join(h.description for h in heads)
-        src_q, out_q = shlex.quote(str(ckpt.path)), shlex.quote(str(out))
         if any(h.convention not in ("vhtool", "sidecar") for h in heads):
             raise InputError(f"{ckpt.path}: holds a classifier head ({kinds}); {_classifier_hint(ckpt, out)}.")
-        if not force:
-            reinit = f"`vhtool init {src_q} -o {out_q} --force` replaces it with a fresh, untrained one"
-            if ckpt.manifest is None:  # what save_pretrained writes after training: keep the trained head
-                conv = heads[0].convention
-                raise InputError(
-                    f"{ckpt.path}: already has a value head ({kinds}), e.g. a trained one saved by save_pretrained; "
-                    f"`vhtool convert {src_q} --to {conv} -o {out_q}` adopts it as it is (the head kept bit for bit, "
-                    f"a vhtool.json written); {reinit}."
-                )
-            raise InputError(f"{ckpt.path}: already has a value head ({kinds}); {reinit}.")
+        if not reinit_head:
+            raise InputError(
+                _has_head_message(ckpt, out, kinds=kinds, source=source, force=force, convention=heads[0].convention)
+            )
         drop = {VHEAD_WEIGHT, VHEAD_BIAS}
-        notes.append(f"the source's value head ({kinds}) was replaced by a fresh one")
+        notes.append(f"the source's value head ({kinds}) was replaced by a fresh one (--reinit-head)")
 
     weight, bias = make_value_head(hidden, head)
     head_tensors = [

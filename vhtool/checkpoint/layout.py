@@ -9,34 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE, Kind, kind_of
+from vhtool.checkpoint.catalogue import INDEX_FILE as INDEX_FILE
+from vhtool.checkpoint.catalogue import MANIFEST_FILE as MANIFEST_FILE
+from vhtool.checkpoint.catalogue import SIDECAR_FILE as SIDECAR_FILE
+from vhtool.checkpoint.catalogue import SINGLE_FILE as SINGLE_FILE
 from vhtool.checkpoint.jsonio import read_json_object as read_json_object
 from vhtool.checkpoint.manifest import Manifest, read_manifest, symlinked_files
-from vhtool.checkpoint.names import MANIFEST_FILE as MANIFEST_FILE
 from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo, read_header
 from vhtool.errors import CheckpointError, InputError
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-SIDECAR_FILE = "value_head.safetensors"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
-
-#: Files copied from a source checkpoint besides the weights, when present.
-AUX_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "spiece.model",
-    "tokenizer.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 def safe_member(root: Path, name: str, what: str, *, allow_link_out: bool = False) -> Path:
@@ -148,11 +129,11 @@ def open_checkpoint(
         raise InputError(f"{root}: no such file or directory.")
     if not root.is_dir():
         raise InputError(f"{root}: not a checkpoint directory (expected a folder with config.json and weights).")
-    cfg_path = root / "config.json"
+    cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
-        raise InputError(f"{root}: not a checkpoint (no config.json).")
-    safe_member(root, "config.json", "config.json")
-    config = read_json_object(cfg_path, "config.json")
+        raise InputError(f"{root}: not a checkpoint (no {CONFIG_FILE}).")
+    safe_member(root, CONFIG_FILE, CONFIG_FILE)
+    config = read_json_object(cfg_path, CONFIG_FILE)
 
     index: dict[str, Any] | None = None
     weight_files: list[str]
@@ -167,7 +148,7 @@ def open_checkpoint(
             raise CheckpointError(f"{root / INDEX_FILE}: weight_map must map tensor names to file names.")
         weight_files = sorted(set(wmap.values()))
     else:
-        pickles = [n for n in PICKLE_FILES if (root / n).exists()]
+        pickles = sorted(n for n in os.listdir(root) if kind_of(n) is Kind.PICKLE)
         if pickles:
             hint = (
                 "convert it to safetensors first" if not allow_pickle else "pickle sources are loaded by `init` only"
@@ -176,7 +157,7 @@ def open_checkpoint(
                 f"{root}: holds only pickle weights ({', '.join(pickles)}); vhtool never unpickles them by default "
                 f"({hint}; `vhtool init --allow-pickle` reads them with weights_only=True)."
             )
-        raise InputError(f"{root}: not a checkpoint (no model.safetensors or model.safetensors.index.json).")
+        raise InputError(f"{root}: not a checkpoint (no {SINGLE_FILE} or {INDEX_FILE}).")
 
     if isinstance(manifest, ManifestRead):
         manifest = read_local_manifest(root)

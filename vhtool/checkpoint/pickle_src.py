@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vhtool.checkpoint.layout import INDEX_FILE, SINGLE_FILE, safe_member
+from vhtool.checkpoint.catalogue import INDEX_FILE, SINGLE_FILE, Kind, kind_of
+from vhtool.checkpoint.catalogue import PICKLE_FILE as PICKLE_SINGLE
+from vhtool.checkpoint.catalogue import PICKLE_INDEX_FILE as PICKLE_INDEX
+from vhtool.checkpoint.layout import safe_member
 from vhtool.errors import CheckpointError
-
-PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
 @contextmanager
@@ -50,7 +50,9 @@ def safetensors_view(src: Path) -> Iterator[Path]:
         # Tied tensors share storage in the pickle; safetensors wants distinct, contiguous tensors.
         state = {k: v.detach().clone().contiguous() for k, v in state.items()}
         save_file(state, str(tmp_path / SINGLE_FILE), metadata={"format": "pt"})
+        # Everything but the pickles: the view is the source as safetensors (a sidecar head, vhtool.json and all),
+        # and init then copies from it what it copies from any source.
         for p in src.iterdir():
-            if p.is_file() and not p.name.endswith((".bin", ".pt")) and p.name != PICKLE_INDEX:
+            if p.is_file() and kind_of(p.name) not in (Kind.PICKLE, Kind.TRAINING):
                 shutil.copyfile(safe_member(src, p.name, "a source file"), tmp_path / p.name)
         yield tmp_path

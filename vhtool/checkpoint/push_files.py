@@ -12,11 +12,11 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhtool.checkpoint.catalogue import init_copies
 from vhtool.checkpoint.conventions import find_heads
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.init_op import architecture_of
 from vhtool.checkpoint.layout import (
-    AUX_FILES,
     INDEX_FILE,
     MANIFEST_FILE,
     SIDECAR_FILE,
@@ -153,7 +153,7 @@ def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, st
         if name in required:
             chosen.append((name, _member(root, name, required=True, link_out=name in linked)))
             continue
-        known = name in AUX_FILES or name == CARD_FILE
+        known = init_copies(name) or name == CARD_FILE
         if (
             name.endswith(_NEVER_SUFFIXES)
             or name.endswith(".safetensors")

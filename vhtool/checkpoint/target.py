@@ -4,9 +4,9 @@
 
 * it does not exist, or
 * with ``--force``: it is an empty directory, or a directory whose entries are all checkpoint files
-  (what vhtool or ``save_pretrained`` writes: see :data:`CHECKPOINT_NAMES` and
-  :data:`CHECKPOINT_PATTERNS`) plus PEFT adapter subfolders holding only such files; for a file
-  output (``score -o``), a previous score output.
+  (what vhtool, ``init`` from a source, or ``save_pretrained`` writes: the catalogue's
+  :func:`~vhtool.checkpoint.catalogue.force_may_replace`) plus PEFT adapter subfolders holding only such
+  files; for a file output (``score -o``), a previous score output.
 
 It is refused, with or without ``--force``, when it is a symbolic link, a plain file (directory
 commands), a directory holding anything else (``.git``, ``*.py``, data files...), the current
@@ -19,52 +19,16 @@ inputs too.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from vhtool.checkpoint.catalogue import ADAPTER_CONFIG, adapter_folder_may_hold, force_may_replace
 from vhtool.errors import InputError, OutputExistsError
-
-#: Files vhtool or ``save_pretrained`` (model, tokenizer, PEFT adapter) write into a checkpoint directory.
-CHECKPOINT_NAMES = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "vhtool.json",
-        "builtin.json",
-        "README.md",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.json",
-        "vocab.txt",
-        "merges.txt",
-        "tokenizer.model",
-        "spiece.model",
-        "sentencepiece.bpe.model",
-        "chat_template.jinja",
-        "chat_template.json",
-        "adapter_config.json",
-        "adapter_model.bin",
-        "value_head.bin",
-        "pytorch_model.bin",
-        "pytorch_model.bin.index.json",
-        "training_args.bin",  # Trainer.save_model writes it beside the model
-    }
-)
-#: Name patterns of weight files (single, sharded, index) that count as checkpoint files.
-CHECKPOINT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model-*.bin", "*.tiktoken")
 
 _REMOVE_YOURSELF = "choose another output with -o, or remove it yourself if you are sure"
 _REMOVE_YOURSELF_CAP = "Choose another output with -o, or remove it yourself if you are sure"
-
-
-def is_checkpoint_file(name: str) -> bool:
-    """True for a file name that vhtool or ``save_pretrained`` writes into a checkpoint directory."""
-    return name in CHECKPOINT_NAMES or any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS)
 
 
 def foreign_entry(directory: Path) -> str | None:
@@ -75,19 +39,19 @@ def foreign_entry(directory: Path) -> str | None:
     """
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if entry.is_symlink():
-            if not is_checkpoint_file(entry.name) or entry.is_dir():
+            if not force_may_replace(entry.name) or entry.is_dir():
                 return entry.name
             continue  # a weight file written with --link symlink
         if entry.is_dir():
             inner = sorted(os.scandir(entry.path), key=lambda e: e.name)
             names = {e.name for e in inner}
-            if "adapter_config.json" not in names:
+            if ADAPTER_CONFIG not in names or entry.name.startswith("."):
                 return entry.name + "/"
             for sub in inner:
-                if sub.is_dir() or not is_checkpoint_file(sub.name):
+                if sub.is_dir() or not adapter_folder_may_hold(sub.name):
                     return f"{entry.name}/{sub.name}"
             continue
-        if not entry.is_file() or not is_checkpoint_file(entry.name):
+        if not entry.is_file() or not force_may_replace(entry.name):
             return entry.name
     return None
 
@@ -215,9 +179,17 @@ def _check_existing_dir(path: Path, shown: str, *, force: bool) -> None:
             f"directories of checkpoint files. {_REMOVE_YOURSELF_CAP}."
         )
     if not force:
-        raise OutputExistsError(
-            f"{shown} already exists; pass --force to replace it (it holds checkpoint files only)."
-        )
+        # Say what OUT is: an empty folder (a `mkdir out` before the command) is not "checkpoint files only".
+        what = "it is empty" if _is_empty(path) else "it holds checkpoint files only"
+        raise OutputExistsError(f"{shown} already exists; pass --force to replace it ({what}).")
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 def _check_existing_file(path: Path, shown: str, *, force: bool) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE, PICKLE_FILE, SINGLE_FILE
+from vhtool.checkpoint.catalogue import PEFT_HEAD_FILES as PEFT_HEAD_FILES
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT
 from vhtool.checkpoint.jsonio import read_json_object
 from vhtool.checkpoint.layout import safe_member
@@ -32,12 +34,10 @@ from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIG
 from vhtool.checkpoint.safetensors_io import build_header, read_header, read_tensor_values
 from vhtool.errors import CheckpointError, InputError
 
-#: Where a PEFT policy folder keeps its value head, in the order vhtool reads them.
-PEFT_HEAD_FILES = ("model.safetensors", "value_head.safetensors")
 #: TRL 1.12.0's PEFT value head (a pickle written by ``torch.save``).
-TRL_PEFT_HEAD = "pytorch_model.bin"
+TRL_PEFT_HEAD = PICKLE_FILE
 #: The head file a published PEFT policy carries (TRL 1.12.0 and vhtool read it there).
-PUBLISHED_PEFT_HEAD = "model.safetensors"
+PUBLISHED_PEFT_HEAD = SINGLE_FILE
 
 _NUMPY_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 _TORCH_DTYPES = {"torch.float16": "F16", "torch.float32": "F32", "torch.float64": "F64", "torch.bfloat16": "BF16"}
@@ -45,7 +45,7 @@ _TORCH_DTYPES = {"torch.float16": "F16", "torch.float32": "F32", "torch.float64"
 
 def is_peft_folder(root: Path) -> bool:
     """True for a PEFT adapter folder (``adapter_config.json``, no ``config.json``): a PEFT policy's save."""
-    return (root / ADAPTER_CONFIG).is_file() and not (root / "config.json").is_file()
+    return (root / ADAPTER_CONFIG).is_file() and not (root / CONFIG_FILE).is_file()
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class PeftFolder:
             if not is_builtin(base):
                 return None
             base = str(builtin_path(base.removeprefix("builtin:")))
-        cfg = Path(base) / "config.json"
+        cfg = Path(base) / CONFIG_FILE
         if not cfg.is_file():
             return None
         try:

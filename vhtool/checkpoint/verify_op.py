@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE, is_weight_file
 from vhtool.checkpoint.conventions import VHEAD_BIAS, VHEAD_WEIGHT, find_heads
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import (
@@ -38,9 +39,6 @@ from vhtool.checkpoint.safetensors_io import (
 )
 from vhtool.checkpoint.unmanaged import PeftFolder, is_peft_folder, non_finite, open_peft_folder, read_peft_head
 from vhtool.errors import InputError, VhtoolError
-
-#: Suffixes of files that hold weights; each one present at the top level must be recorded in vhtool.json.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ def verify_checkpoint(
         raise InputError(f"{root}: not a checkpoint directory (expected a folder with config.json and weights).")
     if is_peft_folder(root):
         return _verify_peft_folder(root, allow_pickle=allow_pickle)
-    if not (root / "config.json").is_file():
+    if not (root / CONFIG_FILE).is_file():
         raise InputError(f"{root}: not a checkpoint (no config.json).")
 
     checks: list[Check] = []
@@ -283,8 +281,8 @@ class _SkipCheck(Exception):
 
 
 def _check_config(root: Path) -> tuple[dict[str, Any], int, str]:
-    safe_member(root, "config.json", "config.json")
-    config = read_json_object(root / "config.json", "config.json")
+    safe_member(root, CONFIG_FILE, CONFIG_FILE)
+    config = read_json_object(root / CONFIG_FILE, CONFIG_FILE)
     hidden = hidden_size(config)
     kind = config.get("model_type", "?")
     return config, hidden, f"model_type {kind!s}, hidden size {hidden}"
@@ -371,7 +369,8 @@ def _check_files(root: Path, manifest: Manifest, ckpt: Checkpoint | None, *, has
             checks.append(_check_one_file(root, name, entry, hash_all=hash_all))
         except (OSError, VhtoolError) as exc:
             checks.append(Check(f"file {name}", False, f"cannot read: {exc}"))
-    present = {p.name for p in root.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith(".")}
+    # Each weight file present at the top level (any format) must be recorded in vhtool.json.
+    present = {p.name for p in root.iterdir() if is_weight_file(p.name)}
     if ckpt is not None:
         present |= set(ckpt.weight_files)
     unlisted = sorted(present - set(files))
@@ -428,7 +427,9 @@ def _check_value_head(
         if n_bad:
             bad.append(f"{tname} has {n_bad} NaN/inf value(s)")
     if bad:
-        reinit = f"vhtool init {shlex.quote(str(ckpt.path))} --force -o {shlex.quote(str(ckpt.path) + '-reinit')}"
+        reinit = (
+            f"vhtool init {shlex.quote(str(ckpt.path))} --reinit-head -o {shlex.quote(str(ckpt.path) + '-reinit')}"
+        )
         raise _SkipCheck("; ".join(bad) + f" (a fresh head: `{reinit}`).")
     return (f"[1, {hidden}] {head.dtype} in {head.file}, finite",)
 

@@ -35,6 +35,7 @@ EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2",
     "vhtool init builtin:tiny-llama --v-head-init normal --seed 1 -o policy",
     "vhtool init builtin:tiny-gpt2 -o gpt2-policy --link copy --json",
+    "vhtool init gpt2-policy -o gpt2-fresh-head --reinit-head",
 )
 
 
@@ -69,6 +70,14 @@ def init_command(
         bool, typer.Option("--trust-remote-code", help="Accepted for parity; init never runs model code.")
     ] = False,
     no_fsync: NoFsyncOpt = False,
+    reinit_head: Annotated[
+        bool,
+        typer.Option(
+            "--reinit-head",
+            help="MODEL already has a value head (e.g. a trained one): replace it with a fresh one. Without it such "
+            "a MODEL is refused; --force never does this.",
+        ),
+    ] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -77,7 +86,8 @@ def init_command(
 
     A single-file source stays one file (the value head added to its header, the data streamed by the
     kernel), so TRL 1.12.0 can load it; a sharded source keeps its shards and gains a small value-head
-    shard. Default OUT: ./<MODEL name>-value-head in the current directory.
+    shard. Default OUT: ./<MODEL name>-value-head in the current directory. A MODEL that already has a value
+    head is refused unless --reinit-head; --force only replaces a previous output.
     """
     from vhtool.checkpoint.init_op import HeadSpec, init_checkpoint
     from vhtool.hub import resolve_source
@@ -100,6 +110,7 @@ def init_command(
             source=source.record(),
             link=link.value,
             force=force,
+            reinit_head=reinit_head,
             want_hash=hash_links,
             progress_factory=factory,
             durable=not no_fsync,

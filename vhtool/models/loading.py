@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhtool.checkpoint.catalogue import INDEX_FILE, PICKLE_FILE, SIDECAR_FILE, SINGLE_FILE
 from vhtool.checkpoint.layout import (
-    INDEX_FILE,
-    SIDECAR_FILE,
-    SINGLE_FILE,
     conflicting_weight_files,
     read_local_manifest,
     safe_member,
@@ -141,7 +139,7 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
             state = _read_v_head(path, keys)
             if state:
                 return state, label
-        pickled = root / "pytorch_model.bin"
+        pickled = root / PICKLE_FILE
         if pickled.is_file():
             if not allow_pickle:
                 import warnings
@@ -160,7 +158,7 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
                     if k.startswith("v_head.")
                 }
                 if state:
-                    return state, "pytorch_model.bin"
+                    return state, PICKLE_FILE
         return {}, None
 
     assert resolved.repo_id is not None

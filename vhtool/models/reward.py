@@ -41,7 +41,7 @@ from vhtool.checkpoint.adapter import (
 )
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.layout import safe_member
-from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
+from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, MANIFEST_FILE
 from vhtool.errors import CheckpointError, InputError
 from vhtool.models.hidden import LastHidden, mapped_output_device
 
@@ -557,7 +557,7 @@ def wire_recorded_adapter(model: Any, resolved: Any) -> None:
     if entry is None or not name or not sub:
         raise CheckpointError(f"{resolved.name}: vhtool.json has a malformed reward_adapter entry ({entry!r}).")
     if resolved.local_dir is not None:
-        path = safe_member(Path(resolved.local_dir), sub, "vhtool.json's reward_adapter.subfolder")
+        path = safe_member(Path(resolved.local_dir), sub, f"{MANIFEST_FILE}'s reward_adapter.subfolder")
     else:
         path = _download_subfolder(resolved, sub)
     if not (path / ADAPTER_CONFIG).is_file():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE
 from vhtool.checkpoint.manifest import Manifest
 from vhtool.checkpoint.verify_op import Check, VerifyResult
 from vhtool.errors import VhtoolError
@@ -46,7 +47,7 @@ def _source_dir(manifest: Manifest | None) -> Path | None:
         return None
     if source.kind == "local" and source.path is not None:
         p = Path(source.path)
-        return p if (p / "config.json").is_file() else None
+        return p if (p / CONFIG_FILE).is_file() else None
     if source.kind == "builtin" and source.model is not None:
         try:
             return resolve_source(source.model).path

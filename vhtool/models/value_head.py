@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from vhtool.checkpoint.catalogue import SINGLE_FILE
 from vhtool.errors import InputError
 from vhtool.models.hidden import LastHidden, mapped_output_device
 from vhtool.models.loading import find_value_head_state, resolve_pretrained
 
 #: Where a PEFT policy's value head is saved: TRL 1.12.0 loads ``model.safetensors`` of the adapter folder.
 #: vhtool reads it there and in ``value_head.safetensors`` (what vhtool 0.1.0 wrote).
-PEFT_HEAD_FILE = "model.safetensors"
+PEFT_HEAD_FILE = SINGLE_FILE
 
 logger = logging.getLogger("vhtool")
 

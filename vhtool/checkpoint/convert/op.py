@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
+from vhtool.checkpoint.catalogue import CONFIG_FILE
 from vhtool.checkpoint.conventions import detect_convention
 from vhtool.checkpoint.convert.adopt import adopt_checkpoint
 from vhtool.checkpoint.convert.naming import CLASSIFIER_TARGETS, HEAD_NAMES, TARGETS
@@ -142,7 +143,7 @@ def convert_checkpoint(
 
     with atomic_output_dir(out, force=force, durable=durable, inputs=[src]) as tmp:
         copy_aux_files(ckpt.path, tmp)
-        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         records, weight_map, head_file = write_weights(
             ckpt,
             tmp,

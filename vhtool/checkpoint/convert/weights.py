@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhtool.checkpoint.catalogue import HEAD_SHARD, INDEX_FILE, SIDECAR_FILE, SINGLE_FILE
 from vhtool.checkpoint.conventions import Detected
 from vhtool.checkpoint.copyio import FileRecord, Progress, place_file
-from vhtool.checkpoint.init_op import HEAD_SHARD
-from vhtool.checkpoint.layout import INDEX_FILE, SIDECAR_FILE, SINGLE_FILE, Checkpoint
+from vhtool.checkpoint.layout import Checkpoint
 from vhtool.checkpoint.safetensors_io import SafetensorsHeader, TensorInfo
 from vhtool.checkpoint.writer import PlannedTensor, RangeSource, write_safetensors
 

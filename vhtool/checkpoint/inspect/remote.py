@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vhtool.checkpoint.catalogue import CONFIG_FILE
 from vhtool.checkpoint.inspect.adapter import adapter_record, adapter_report
 from vhtool.checkpoint.inspect.local import load_local
 from vhtool.checkpoint.inspect.model import (
@@ -65,11 +66,11 @@ def _load_cached(repo_id: str, *, revision: str | None) -> Loaded:
 
 def _load_remote(repo: RemoteRepo) -> Loaded:
     where = repo.where
-    if "config.json" not in repo.files:
-        raise InputError(f"{where}: not a checkpoint (no config.json in the repo).")
+    if CONFIG_FILE not in repo.files:
+        raise InputError(f"{where}: not a checkpoint (no {CONFIG_FILE} in the repo).")
     if SINGLE_FILE not in repo.files and INDEX_FILE not in repo.files:
         raise InputError(f"{where}: not a checkpoint (no {SINGLE_FILE} or {INDEX_FILE} in the repo).")
-    config = read_json_object(repo.download("config.json"), "config.json")
+    config = read_json_object(repo.download(CONFIG_FILE), CONFIG_FILE)
     manifest = (
         Manifest.from_json(read_json_object(repo.download(MANIFEST_FILE), MANIFEST_FILE))
         if MANIFEST_FILE in repo.files

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from vhtool.checkpoint.catalogue import Kind, kind_of
 from vhtool.errors import InputError, VhtoolError
 from vhtool.models.scoring.options import ScoreOptions, parse_max_memory
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 MAX_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
@@ -206,12 +206,17 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+def _has_tokenizer_files(folder: Any) -> bool:
+    """Whether a local checkpoint folder holds any tokenizer file the catalogue knows (else: no tokenizer)."""
+    return any(p.is_file() and kind_of(p.name) is Kind.TOKENIZER for p in folder.iterdir())
+
+
 def _load_tokenizer(resolved: Any) -> Any:
     """The checkpoint's tokenizer, or ``None`` when it has none."""
     from transformers import AutoTokenizer
 
     try:
-        if resolved.local_dir is not None and not any((resolved.local_dir / f).is_file() for f in TOKENIZER_FILES):
+        if resolved.local_dir is not None and not _has_tokenizer_files(resolved.local_dir):
             return None
         tok = AutoTokenizer.from_pretrained(resolved.load_from)
     except (OSError, ValueError, TypeError):
