@@ -165,7 +165,7 @@ def test_import_does_not_load_torch() -> None:
 
 
 def test_make_builtin_check_ignores_the_transformers_version_stamp(tmp_path: Path) -> None:
-    """A new transformers release changes only ``transformers_version``: ``--check`` still passes; a real change fails."""
+    """A new release changes only ``transformers_version``: ``--check`` still passes; a real change fails."""
     repo = Path(__file__).resolve().parents[1]
     shipped = repo / "vhtool" / "builtin"
     out = tmp_path / "builtin"
