@@ -270,12 +270,15 @@ def test_dry_run_offline_says_remote_not_checked(cli: Callable[..., Any], ckpts:
     assert "no token found: the remote was not read" in " ".join(doc["notes"])
 
 
-def test_push_while_offline_exit_1(
+def test_push_while_offline_exit_2(
     cli: Callable[..., Any], ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Offline mode is a setting: exit 2, as for every command that reads the Hub (issue 20, point 10)."""
     monkeypatch.setenv("HF_TOKEN", "hf_unused_token_for_this_test")
     res = _push(cli, ckpts["policy"], REPO)
-    assert res.exit_code == 1 and "HF_HUB_OFFLINE is set; unset it to push" in res.stderr and res.stdout == ""
+    assert res.exit_code == 2 and "HF_HUB_OFFLINE is set; unset it to push" in res.stderr and res.stdout == ""
+    res = _push(cli, ckpts["policy"], REPO, "--json")
+    assert json_error(res.stdout, 2)["type"] == "HubUnavailableError"
 
 
 def test_symlinked_weights_recorded_in_vhtool_json_are_pushed(
