@@ -645,7 +645,24 @@ def test_model_card_metadata_from_vhtool_json() -> None:
     assert "base_model" not in card and "secret-model" not in card  # local paths never leak into the card
     assert "first 2 layer(s) with the policy (block pattern `model.layers`)" in card
     assert 'AutoModelForSeq2SeqLMWithValueHead.from_pretrained("me/ref")' in card and "frozen reference" in card
-    assert render_model_card("me/ref", ref, {}) == render_model_card("me/ref", ref, {})  # deterministic
+    # Deterministic (a re-push compares the card's git blob id): the same bytes whatever the order of the
+    # manifest's keys, and in another process with another hash seed.
+    card = render_model_card("me/ref", ref, {})
+    assert render_model_card("me/ref", dict(reversed(list(ref.items()))), {}) == card
+    code = (
+        "import json, sys\n"
+        "from vhtool.checkpoint.model_card import render_model_card\n"
+        "sys.stdout.write(render_model_card('me/ref', json.loads(sys.argv[1]), {}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(ref)],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == card
 
 
 def test_push_reference_checkpoint(
