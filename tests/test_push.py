@@ -486,7 +486,7 @@ def test_token_appears_nowhere(hub_server: HubServer, ckpts: dict[str, Path], tm
     hub_server.add_token(token, "user")
     ckpt = tmp_path / "ckpt"
     shutil.copytree(ckpts["with_reward"], ckpt)
-    env = {**os.environ, "HF_TOKEN": token, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1"}
+    env = {**os.environ, "HF_TOKEN": token, "HF_ENDPOINT": hub_server.endpoint}
     env["HF_HUB_OFFLINE"] = "0"
     outputs = []
     for extra in (["--json"], []):
@@ -542,6 +542,26 @@ def test_hub_errors_on_commit_exit_1_and_nothing_pushed(
     assert expected in res.stderr and "nothing was committed" in res.stderr and "Traceback" not in res.stderr
     assert len(hub_server.commits(REPO)) == 1  # only the initial commit
     assert hub_server.token not in res.stderr
+
+
+def test_xet_upload_failure_is_a_clean_exit_1(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's default upload path (Xet storage, hf_xet installed) failing: one line, exit 1, nothing committed.
+
+    The loopback Hub has no Xet storage (its token endpoint answers 501), which is how this path is exercised.
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_DISABLE_XET", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    res = _push(cli, ckpts["policy"], REPO, "--json")
+    err = json_error(res.stdout, 1)
+    assert err["type"] == "HubUnreachableError", err
+    assert "Xet storage failed" in str(err["message"]) and "nothing was committed" in str(err["message"])
+    assert hub_server.find_requests(path_contains="/xet-write-token/")
+    assert len(hub_server.commits(REPO)) == 1  # the repo was created; nothing committed to it
+    assert "Traceback" not in res.stderr
 
 
 def test_create_repo_forbidden_exit_1(hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]) -> None:

@@ -199,6 +199,11 @@ def hub_errors(
         raise CheckpointError(f"{repo_id}: {exc}") from None
     except HfHubHTTPError as exc:
         raise _http_error(exc, repo_id, action, pushed_note) from None
+    except ConnectionError as exc:
+        # hf_xet (Xet storage, the default upload path when it is installed) raises the builtin for a transport
+        # or server failure of the token endpoint or the storage service: transient, like a 5xx.
+        msg = f"the Hub's Xet storage failed while trying to {action} {repo_id} ({exc}); try again later"
+        raise HubUnreachableError(f"{msg} ({pushed_note})." if pushed_note is not None else msg + ".") from None
     except transport as exc:
         if pushed_note is not None:
             raise HubUnreachableError(
