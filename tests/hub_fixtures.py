@@ -74,6 +74,9 @@ def patch_huggingface_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str, token:
     env = {
         "HF_ENDPOINT": endpoint,
         "HF_TOKEN": token,
+        # huggingface_hub 2.4 uploads every LFS file through Xet storage whenever hf_xet is installed (no LFS
+        # fallback, no server negotiation); the loopback Hub has no Xet storage, so its uploads take the LFS path.
+        # Reads need no switch: the loopback answers without X-Xet headers, as the Hub does for a non-Xet file.
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_OFFLINE": "0",
         "TRANSFORMERS_OFFLINE": "0",

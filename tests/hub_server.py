@@ -37,7 +37,11 @@ Behaviours worth knowing (they mirror the Hub):
   one commit).
 * Empty commits (operations that change nothing) are accepted and recorded with ``CommitRecord.is_empty``;
   ``huggingface_hub`` 2.4 usually skips them client-side (unchanged files are detected with the preupload ``oid``).
-* Xet storage is not implemented: clients must run with ``HF_HUB_DISABLE_XET=1`` (the pytest fixture does it).
+* Xet storage is not implemented. Reads need nothing: resolve answers carry no ``X-Xet-*`` headers, as the Hub's
+  do for a file not stored in Xet, so clients download over plain HTTP. Uploads do: ``huggingface_hub`` 2.4 sends
+  every LFS file through Xet whenever ``hf_xet`` is installed (no fallback, no ``transfers`` negotiation), so the
+  pytest fixture sets ``HF_HUB_DISABLE_XET=1`` for them; without it, ``xet-write-token`` answers 501 (a failing
+  Xet service, which ``tests/test_push.py`` uses to check that failure path).
 
 Seeding without HTTP: ``server.create_repo(repo_id, private=...)`` and ``server.commit_files(repo_id, {path: bytes})``.
 

@@ -52,7 +52,9 @@ def test_init_copies_what_force_may_replace() -> None:
 
 def test_push_publishes_no_pickles_or_markers() -> None:
     assert cat.push_publishes("model.safetensors") and cat.push_publishes("LICENSE")
-    for name in ("pytorch_model.bin", "training_args.bin", "builtin.json", "notes.txt", ".gitattributes"):
+    never = ("pytorch_model.bin", "adapter_model.bin", "training_args.bin", "builtin.json", "notes.txt")
+    never += (".gitattributes",)
+    for name in never:
         assert not cat.push_publishes(name)
 
 

@@ -61,3 +61,69 @@ def test_unknown_hub_repo_is_input_error(hub_server: Any, cli: Any, tmp_path: Pa
     res = cli("init", "user/does-not-exist", "-o", tmp_path / "x")
     assert res.exit_code == 2 and "user/does-not-exist" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+#: What a Mistral-style repo carries beside the transformers checkpoint (issue 20, point 9): none of it is read.
+EXTRAS = {
+    "consolidated.safetensors": b"\0" * 4096,
+    "original/params.json": b'{"dim": 8}',
+    "original/consolidated.00.pth": b"\0" * 1024,
+    "onnx/model.onnx": b"\0" * 2048,
+    "model.fp16.safetensors": b"\0" * 2048,
+}
+
+
+def _fetched(hub: Any) -> set[str]:
+    """Every repo path the loopback Hub was asked for (``/{repo}/resolve/{revision}/{path}``)."""
+    paths = set()
+    for r in hub.requests:
+        parts = r.decoded_path.strip("/").split("/")
+        if len(parts) > 4 and parts[2] == "resolve":
+            paths.add("/".join(parts[4:]))
+    return paths
+
+
+def test_hub_read_downloads_only_what_the_checkpoint_names(
+    hub_server: Any, cli: Any, tmp_path: Path, saved_model: Any
+) -> None:
+    upload(hub_server, "user/mistral-style", builtin_path("tiny-gpt2"))
+    hub_server.commit_files("user/mistral-style", EXTRAS)
+    sharded = saved_model("llama", sharded=True)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    upload(hub_server, "user/sharded-style", sharded)
+    hub_server.commit_files("user/sharded-style", {**EXTRAS, "model-00099-of-00099.safetensors": b"\0" * 512})
+    for repo, weights in [
+        ("user/mistral-style", {"model.safetensors"}),
+        ("user/sharded-style", {"model.safetensors.index.json", *index["weight_map"].values()}),
+    ]:
+        hub_server.clear_requests()
+        out = tmp_path / repo.split("/")[1]
+        res = cli("init", repo, "-o", out, "--json")
+        assert res.exit_code == 0, res.stderr
+        fetched = _fetched(hub_server)
+        assert weights <= fetched, fetched
+        assert not fetched & {*EXTRAS, "model-00099-of-00099.safetensors"}, fetched
+        assert not any(p.endswith((".safetensors", ".pth", ".onnx")) for p in fetched - weights), fetched
+        assert cli("verify", out).exit_code == 0
+    cache = Path(hub_server.hf_home) / "hub"
+    cached = {p.name for p in cache.rglob("*") if p.is_file() or p.is_symlink()}
+    assert not cached & {"consolidated.safetensors", "params.json", "model.onnx", "model.fp16.safetensors"}
+
+
+def test_hub_read_works_offline_from_the_cache(hub_server: Any, cli: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """Read once online, then offline: the two-step read is answered from the cache, no request made."""
+    upload(hub_server, "user/tiny", builtin_path("tiny-gpt2"))
+    hub_server.commit_files("user/tiny", EXTRAS)
+    assert cli("init", "user/tiny", "-o", tmp_path / "online").exit_code == 0
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub_server.clear_requests()
+    res = cli("init", "user/tiny", "-o", tmp_path / "offline", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert not hub_server.requests
+    online = json.loads((tmp_path / "online" / "vhtool.json").read_text())
+    offline = json.loads((tmp_path / "offline" / "vhtool.json").read_text())
+    assert online["files"] == offline["files"] and online["source"]["commit"] == offline["source"]["commit"]
+    assert cli("verify", "user/tiny").exit_code == 1  # a plain model: read from the cache, no head

@@ -73,6 +73,24 @@ def _local_files(root: Path) -> dict[str, bytes]:
     }
 
 
+def _assert_on_hub(hub_server: HubServer, repo: str, root: Path, revision: str = "main") -> None:
+    """Every file ``root`` publishes is on the Hub byte for byte; ``vhtool.json`` adds only ``published``.
+
+    ``published`` lists every path this push published (the card included), which is what the remote holds
+    besides ``.gitattributes`` after a push to a fresh repo.
+    """
+    for name, data in _local_files(root).items():
+        remote = hub_server.file_bytes(repo, name, revision)
+        if name != "vhtool.json":
+            assert remote == data, name
+            continue
+        doc = json.loads(remote)
+        published = doc.pop("published")
+        assert doc == json.loads(data)
+        assert published == sorted(published) and set(_local_files(root)) <= set(published)
+        assert set(published) <= set(hub_server.list_files(repo, revision))
+
+
 def _push(cli: Callable[..., Any], *args: Any) -> Any:
     result = cli("push", *args)
     return result
@@ -98,9 +116,12 @@ def test_push_init_checkpoint_byte_identical_then_noop_then_one_change(
     assert doc["commit"]["oid"] == commits[-1].id == hub_server.repo(REPO).branches["main"]
     local = _local_files(policy)
     assert sorted(doc["uploaded"]) == sorted([*local, "README.md"]) and doc["unchanged"] == []
-    assert doc["bytes_uploaded"] == sum(len(b) for b in local.values()) + doc["files"][-1]["size"]
-    for name, data in local.items():
-        assert hub_server.file_bytes(REPO, name) == data, name
+    sizes = {f["path"]: f["size"] for f in doc["files"]}
+    assert doc["bytes_uploaded"] == sum(sizes.values())
+    assert sizes.keys() == {*local, "README.md"}
+    _assert_on_hub(hub_server, REPO, policy)
+    published = json.loads(hub_server.file_bytes(REPO, "vhtool.json"))["published"]
+    assert published == sorted([*local, "README.md"])  # what the next push may delete, and nothing else
     assert hub_server.file_entry(REPO, "model.safetensors").lfs
     card = hub_server.file_bytes(REPO, "README.md").decode()
     assert card.startswith("---\nlibrary_name: transformers\ntags:\n- vhtool\n- value-head\n- rlhf\n- trl\n---\n")
@@ -178,8 +199,7 @@ def test_sharded_push_loads_in_trl_and_inspect_reads_headers(
     assert (sharded / "model.safetensors.index.json").is_file()
     doc = _json(_push(cli, sharded, "user/sharded", "--json"))
     assert "model.safetensors.index.json" in doc["uploaded"]
-    for name, data in _local_files(sharded).items():
-        assert hub_server.file_bytes("user/sharded", name) == data, name
+    _assert_on_hub(hub_server, "user/sharded", sharded)
 
     local_head = load_file(str(sharded / "model-value-head.safetensors"))
     model = TrlValueHead.from_pretrained("user/sharded")
@@ -211,8 +231,7 @@ def test_push_with_reward_adapter_subfolder(
         "reward_model_adapter/adapter_config.json",
         "reward_model_adapter/adapter_model.safetensors",
     ]
-    for name, data in _local_files(ckpt).items():
-        assert hub_server.file_bytes("user/with-reward", name) == data, name
+    _assert_on_hub(hub_server, "user/with-reward", ckpt)
     card = hub_server.file_bytes("user/with-reward", "README.md").decode()
     assert "Reward adapter: PEFT LORA adapter `reward_model_adapter` in the subfolder `reward_model_adapter/`" in card
     assert len(hub_server.commits("user/with-reward")) == 2  # everything in one commit
@@ -251,12 +270,15 @@ def test_dry_run_offline_says_remote_not_checked(cli: Callable[..., Any], ckpts:
     assert "no token found: the remote was not read" in " ".join(doc["notes"])
 
 
-def test_push_while_offline_exit_1(
+def test_push_while_offline_exit_2(
     cli: Callable[..., Any], ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Offline mode is a setting: exit 2, as for every command that reads the Hub (issue 20, point 10)."""
     monkeypatch.setenv("HF_TOKEN", "hf_unused_token_for_this_test")
     res = _push(cli, ckpts["policy"], REPO)
-    assert res.exit_code == 1 and "HF_HUB_OFFLINE is set; unset it to push" in res.stderr and res.stdout == ""
+    assert res.exit_code == 2 and "HF_HUB_OFFLINE is set; unset it to push" in res.stderr and res.stdout == ""
+    res = _push(cli, ckpts["policy"], REPO, "--json")
+    assert json_error(res.stdout, 2)["type"] == "HubUnavailableError"
 
 
 def test_symlinked_weights_recorded_in_vhtool_json_are_pushed(
@@ -306,6 +328,111 @@ def test_stale_shards_are_deleted_when_layout_changes(
     ]
     files = hub_server.list_files(REPO)
     assert "model.safetensors" in files and "model.safetensors.index.json" not in files
+
+
+#: Files on the remote that vhtool did not write (issue 20, point 3): a Mistral-style consolidated file, another
+#: tool's half-precision copy and ONNX export, the user's own card and scripts.
+FOREIGN = {
+    "consolidated.safetensors": b"consolidated weights of another tool" * 50,
+    "model.fp16.safetensors": b"half-precision copy" * 50,
+    "onnx/model.onnx": b"onnx export" * 50,
+    "original/params.json": b'{"dim": 8}',
+    "README.md": b"# My own card\n",
+    "scripts/eval.py": b"print('eval')\n",
+}
+
+
+def _assert_foreign_untouched(hub_server: HubServer, repo: str) -> None:
+    for name, data in FOREIGN.items():
+        assert hub_server.file_bytes(repo, name) == data, name
+
+
+def test_push_never_deletes_files_it_did_not_publish(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]
+) -> None:
+    hub_server.commit_files(REPO, FOREIGN)
+    dry = _json(_push(cli, ckpts["policy"], REPO, "--dry-run", "--json"))
+    assert dry["to_delete"] == []
+    doc = _json(_push(cli, ckpts["policy"], REPO, "--json"))
+    assert doc["deleted"] == [] and doc["model_card"] == "remote-kept"
+    _assert_foreign_untouched(hub_server, REPO)
+    published = json.loads(hub_server.file_bytes(REPO, "vhtool.json"))["published"]
+    assert not set(FOREIGN) & set(published)  # the user's card is not vhtool's either
+    # A second push of another checkpoint (new value head): still nothing of theirs goes.
+    doc = _json(_push(cli, ckpts["policy_seed1"], REPO, "--json"))
+    assert doc["pushed"] and doc["deleted"] == []
+    _assert_foreign_untouched(hub_server, REPO)
+
+
+def test_layout_switch_cleans_the_other_half_and_nothing_else(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]
+) -> None:
+    hub_server.commit_files(REPO, FOREIGN)
+    assert _push(cli, ckpts["policy"], REPO, "-q").exit_code == 0
+    # single file -> sharded: the remote model.safetensors goes
+    res = _push(cli, ckpts["sharded"], REPO, "--dry-run")
+    assert res.exit_code == 0, res.stderr
+    assert [line.split()[:2] for line in res.stdout.splitlines() if "deleted" in line.split()[:1]] == [
+        ["deleted", "model.safetensors"]
+    ]
+    doc = _json(_push(cli, ckpts["sharded"], REPO, "--json"))
+    assert doc["deleted"] == ["model.safetensors"]
+    _assert_foreign_untouched(hub_server, REPO)
+    # sharded -> single file: the remote index and the shards it names go
+    doc = _json(_push(cli, ckpts["policy"], REPO, "--json"))
+    assert sorted(doc["deleted"]) == [
+        "model-00001-of-00001.safetensors",
+        "model-value-head.safetensors",
+        "model.safetensors.index.json",
+    ]
+    _assert_foreign_untouched(hub_server, REPO)
+    files = set(hub_server.list_files(REPO))
+    assert {"model.safetensors", *FOREIGN} <= files and "model.safetensors.index.json" not in files
+
+
+def test_layout_switch_without_a_published_list(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]
+) -> None:
+    """A remote sharded by someone else (no vhtool.json): the index and its shards are the other half all the same."""
+    sharded = ckpts["sharded"]
+    names = ["model.safetensors.index.json", "model-00001-of-00001.safetensors", "model-value-head.safetensors"]
+    hub_server.commit_files(REPO, {**FOREIGN, **{n: (sharded / n).read_bytes() for n in names}})
+    doc = _json(_push(cli, ckpts["policy"], REPO, "--json"))
+    assert sorted(doc["deleted"]) == sorted(names)
+    _assert_foreign_untouched(hub_server, REPO)
+
+
+def test_files_vhtool_published_before_and_no_longer_has_are_deleted(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    with_extra = tmp_path / "with-licence"
+    shutil.copytree(ckpts["with_reward"], with_extra)
+    (with_extra / "LICENSE").write_text("MIT\n")
+    hub_server.commit_files(REPO, FOREIGN)
+    assert _push(cli, with_extra, REPO, "-q").exit_code == 0
+    published = json.loads(hub_server.file_bytes(REPO, "vhtool.json"))["published"]
+    assert "LICENSE" in published and "reward_model_adapter/adapter_model.safetensors" in published
+    dry = _json(_push(cli, ckpts["policy"], REPO, "--dry-run", "--json"))
+    expected = sorted(["LICENSE", *(p for p in published if p.startswith("reward_model_adapter/"))])
+    assert sorted(dry["to_delete"]) == expected
+    doc = _json(_push(cli, ckpts["policy"], REPO, "--json"))
+    assert sorted(doc["deleted"]) == expected
+    files = set(hub_server.list_files(REPO))
+    assert not files & set(expected)
+    _assert_foreign_untouched(hub_server, REPO)
+
+
+def test_unchanged_repush_leaves_vhtool_json_unchanged(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]
+) -> None:
+    """The published vhtool.json is deterministic: the same checkpoint pushed twice finds nothing to push."""
+    for name in ("with_reward", "sharded"):
+        repo = f"user/{name.replace('_', '-')}"
+        assert _push(cli, ckpts[name], repo, "-q").exit_code == 0
+        blob = hub_server.file_entry(repo, "vhtool.json").git_oid
+        doc = _json(_push(cli, ckpts[name], repo, "--json"))
+        assert doc["pushed"] is False and "vhtool.json" in doc["unchanged"], doc
+        assert hub_server.file_entry(repo, "vhtool.json").git_oid == blob
 
 
 def test_branch_pr_and_skipped_entries(
@@ -359,7 +486,7 @@ def test_token_appears_nowhere(hub_server: HubServer, ckpts: dict[str, Path], tm
     hub_server.add_token(token, "user")
     ckpt = tmp_path / "ckpt"
     shutil.copytree(ckpts["with_reward"], ckpt)
-    env = {**os.environ, "HF_TOKEN": token, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1"}
+    env = {**os.environ, "HF_TOKEN": token, "HF_ENDPOINT": hub_server.endpoint}
     env["HF_HUB_OFFLINE"] = "0"
     outputs = []
     for extra in (["--json"], []):
@@ -415,6 +542,26 @@ def test_hub_errors_on_commit_exit_1_and_nothing_pushed(
     assert expected in res.stderr and "nothing was committed" in res.stderr and "Traceback" not in res.stderr
     assert len(hub_server.commits(REPO)) == 1  # only the initial commit
     assert hub_server.token not in res.stderr
+
+
+def test_xet_upload_failure_is_a_clean_exit_1(
+    hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's default upload path (Xet storage, hf_xet installed) failing: one line, exit 1, nothing committed.
+
+    The loopback Hub has no Xet storage (its token endpoint answers 501), which is how this path is exercised.
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_DISABLE_XET", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    res = _push(cli, ckpts["policy"], REPO, "--json")
+    err = json_error(res.stdout, 1)
+    assert err["type"] == "HubUnreachableError", err
+    assert "Xet storage failed" in str(err["message"]) and "nothing was committed" in str(err["message"])
+    assert hub_server.find_requests(path_contains="/xet-write-token/")
+    assert len(hub_server.commits(REPO)) == 1  # the repo was created; nothing committed to it
+    assert "Traceback" not in res.stderr
 
 
 def test_create_repo_forbidden_exit_1(hub_server: HubServer, cli: Callable[..., Any], ckpts: dict[str, Path]) -> None:
@@ -518,7 +665,24 @@ def test_model_card_metadata_from_vhtool_json() -> None:
     assert "base_model" not in card and "secret-model" not in card  # local paths never leak into the card
     assert "first 2 layer(s) with the policy (block pattern `model.layers`)" in card
     assert 'AutoModelForSeq2SeqLMWithValueHead.from_pretrained("me/ref")' in card and "frozen reference" in card
-    assert render_model_card("me/ref", ref, {}) == render_model_card("me/ref", ref, {})  # deterministic
+    # Deterministic (a re-push compares the card's git blob id): the same bytes whatever the order of the
+    # manifest's keys, and in another process with another hash seed.
+    card = render_model_card("me/ref", ref, {})
+    assert render_model_card("me/ref", dict(reversed(list(ref.items()))), {}) == card
+    code = (
+        "import json, sys\n"
+        "from vhtool.checkpoint.model_card import render_model_card\n"
+        "sys.stdout.write(render_model_card('me/ref', json.loads(sys.argv[1]), {}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(ref)],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == card
 
 
 def test_push_reference_checkpoint(
@@ -532,8 +696,7 @@ def test_push_reference_checkpoint(
     assert "Pushed" in res.stdout and "user/ref@main" in res.stdout and "/commit/" in res.stdout
     card = hub_server.file_bytes("user/ref", "README.md").decode()
     assert "A **reference** checkpoint" in card and "shares its embeddings and first 1 layer(s)" in card
-    for name, data in _local_files(tmp_path / "ref").items():
-        assert hub_server.file_bytes("user/ref", name) == data, name
+    _assert_on_hub(hub_server, "user/ref", tmp_path / "ref")
 
 
 def test_checkpoint_card_is_used_as_is(cli: Callable[..., Any], ckpts: dict[str, Path], tmp_path: Path) -> None:

@@ -24,7 +24,10 @@ class OutputExistsError(InputError):
 
 
 class HubUnavailableError(InputError):
-    """A Hub id that cannot be resolved, e.g. while offline (exit 2)."""
+    """A Hub id that cannot be had: offline mode (``HF_HUB_OFFLINE=1``) and not cached, or no such repo (exit 2).
+
+    The Hub that cannot be reached or fails (transient) is :class:`HubUnreachableError`, exit 1.
+    """
 
 
 class OperationError(VhtoolError, RuntimeError):
@@ -39,3 +42,7 @@ class VerificationError(OperationError):
     def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = list(problems or [])
+
+
+class HubUnreachableError(OperationError):
+    """The Hub cannot be reached or failed (refused, timeout, 5xx): transient, in every command (exit 1)."""

@@ -225,6 +225,8 @@ def push_publishes(name: str) -> bool:
     Weights, index, config, tokenizer, manifest, card, adapter and auxiliary files; never pickles, training state,
     vhtool's built-in marker, hidden or unknown files.
     """
+    if name == ADAPTER_PICKLE:  # an adapter's pickled weights: an adapter file, but a pickle all the same
+        return False
     return kind_of(name) in (
         Kind.WEIGHTS,
         Kind.INDEX,

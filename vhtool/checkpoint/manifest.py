@@ -519,6 +519,9 @@ class Manifest(_Section):
         conversion: what ``convert`` did.
         adopted: where a checkpoint saved without a manifest came from (``convert`` to its own convention, ``push``).
         normalization: reward normalisation statistics carried from an OpenRLHF config (free-form).
+        published: in a ``vhtool.json`` on the Hub, every path the ``vhtool push`` that wrote it published there
+            (sorted); the next push deletes a remote file the checkpoint no longer has only when it is listed here
+            (or is the other half of a single-file/sharded switch). Absent from local checkpoints.
     """
 
     format: str | None = FORMAT
@@ -536,6 +539,7 @@ class Manifest(_Section):
     conversion: ConversionInfo | None = None
     adopted: AdoptedInfo | None = None
     normalization: Mapping[str, Any] | None = None
+    published: tuple[str, ...] | None = None
 
     _KEYS: ClassVar[tuple[str, ...]] = (
         "format",
@@ -553,6 +557,7 @@ class Manifest(_Section):
         "conversion",
         "adopted",
         "normalization",
+        "published",
     )
     _ALWAYS: ClassVar[tuple[str, ...]] = ("format", "format_version", "vhtool_version", "role", "architecture")
 
@@ -591,6 +596,7 @@ class Manifest(_Section):
             conversion=_opt_section(doc, "conversion", where, ConversionInfo),
             adopted=_opt_section(doc, "adopted", where, AdoptedInfo),
             normalization=None if norm is None else dict(_object(norm, _at(where, "normalization"))),
+            published=_opt_strs(doc, "published", where),
             **cls._meta(doc),
         )
 

@@ -2,7 +2,8 @@
 
 A checkpoint saved without a ``vhtool.json`` (``save_pretrained`` after training, or a PEFT policy folder) is
 published with a generated one (:func:`generated_manifest`, :func:`collect_peft_files`), sent as bytes in the
-same commit: nothing is written into the user's folder.
+same commit: nothing is written into the user's folder. Every push publishes its ``vhtool.json`` with the list of
+the paths it published (:func:`published_manifest`), which is what the next push may delete.
 """
 
 from __future__ import annotations
@@ -12,21 +13,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhtool.checkpoint.catalogue import init_copies
+from vhtool.checkpoint import catalogue
+from vhtool.checkpoint.catalogue import ADAPTER_WEIGHTS, CONFIG_FILE, INDEX_FILE, MANIFEST_FILE, SIDECAR_FILE, Kind
 from vhtool.checkpoint.conventions import find_heads
 from vhtool.checkpoint.copyio import hash_file
 from vhtool.checkpoint.init_op import architecture_of
-from vhtool.checkpoint.layout import (
-    INDEX_FILE,
-    MANIFEST_FILE,
-    SIDECAR_FILE,
-    Checkpoint,
-    open_checkpoint,
-    safe_member,
-)
+from vhtool.checkpoint.layout import Checkpoint, open_checkpoint, safe_member
 from vhtool.checkpoint.manifest import FileEntry, Manifest, manifest_text, symlinked_files
-from vhtool.checkpoint.model_card import CARD_FILE
-from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from vhtool.checkpoint.unmanaged import (
     PUBLISHED_PEFT_HEAD,
     PeftFolder,
@@ -36,12 +29,19 @@ from vhtool.checkpoint.unmanaged import (
 )
 from vhtool.errors import CheckpointError, VerificationError
 
-#: Other top-level files a checkpoint may carry (tokenizer variants, processor configs), by suffix.
-_EXTRA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
-#: Never part of a published checkpoint: pickle weights, locks, temp files, editor leftovers.
-_NEVER_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".lock", ".tmp", ".part", ".incomplete", "~", ".swp")
-#: vhtool's internal files that a checkpoint may carry but a published repo must not: the marker of a built-in.
-_INTERNAL_FILES = {"builtin.json": "vhtool's marker of a built-in model, not part of the checkpoint"}
+
+def _not_published(name: str) -> str | None:
+    """Why ``push`` leaves the top-level file ``name`` out (the catalogue's :func:`~catalogue.push_publishes`)."""
+    if catalogue.push_publishes(name):
+        return None
+    kind = catalogue.kind_of(name)
+    if kind is Kind.INTERNAL:
+        return "vhtool's marker of a built-in model, not part of the checkpoint"
+    if kind is Kind.PICKLE:
+        return "pickled weights are never published"
+    if kind is Kind.TRAINING:
+        return "training state, not part of the checkpoint"
+    return "not part of the checkpoint"
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,19 @@ def _recorded_sha(manifest: Manifest | None, name: str) -> str | None:
 
 
 def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, str]]]:
-    """The checkpoint's files to publish (without the card) and the entries skipped, with why.
+    """The checkpoint's files to publish (without the card and ``vhtool.json``) and the entries skipped, with why.
+
+    What the checkpoint is made of (config, the weights and index it uses, the sidecar, the reward adapter
+    subfolder vhtool.json names) is always published; every other top-level file only when the catalogue says
+    ``push`` publishes its kind (:func:`~vhtool.checkpoint.catalogue.push_publishes`), and weights or an index the
+    checkpoint does not use never. ``vhtool.json`` is written by :func:`published_manifest`.
 
     Raises:
         CheckpointError: a file the checkpoint needs is a link leading outside it.
     """
     root = ckpt.path
     manifest = ckpt.manifest
-    required = {"config.json", MANIFEST_FILE, *ckpt.weight_files}
+    required = {CONFIG_FILE, *ckpt.weight_files}
     if ckpt.index is not None:
         required.add(INDEX_FILE)
     if ckpt.sidecar is not None:
@@ -140,34 +145,25 @@ def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, st
             if name == adapter_dir:
                 for sub in sorted(entry.iterdir(), key=lambda p: p.name):
                     rel = f"{name}/{sub.name}"
-                    if sub.name.startswith(".") or sub.name.endswith(_NEVER_SUFFIXES) or sub.is_dir():
+                    if sub.is_dir() or not catalogue.push_publishes(sub.name):
                         skipped.append((rel, "not part of the reward adapter"))
                         continue
                     chosen.append((rel, _member(root, rel, required=True, link_out=False)))
             else:
                 skipped.append((name + "/", "folder not referenced by vhtool.json"))
             continue
-        if name in _INTERNAL_FILES and name not in required:
-            skipped.append((name, _INTERNAL_FILES[name]))
-            continue
+        if name == MANIFEST_FILE:
+            continue  # published with the list of published files (published_manifest)
         if name in required:
             chosen.append((name, _member(root, name, required=True, link_out=name in linked)))
             continue
-        known = init_copies(name) or name == CARD_FILE
-        if (
-            name.endswith(_NEVER_SUFFIXES)
-            or name.endswith(".safetensors")
-            or not (known or name.endswith(_EXTRA_SUFFIXES))
-        ):
-            skipped.append((name, "not part of the checkpoint"))
+        why = _not_published(name)
+        if why is None and catalogue.kind_of(name) in (Kind.WEIGHTS, Kind.INDEX):
+            why = "weights the checkpoint does not use"
+        if why is not None:
+            skipped.append((name, why))
             continue
-        try:
-            member = safe_member(root, name, "a checkpoint file")
-        except CheckpointError:
-            if known:
-                raise
-            skipped.append((name, "a link that points outside the checkpoint"))
-            continue
+        member = safe_member(root, name, "a checkpoint file")  # verify refused a link leaving the checkpoint
         if not member.is_file():
             skipped.append((name, "not a regular file"))
             continue
@@ -181,8 +177,8 @@ def collect_files(ckpt: Checkpoint) -> tuple[list[LocalFile], list[tuple[str, st
     return files, skipped
 
 
-def generated_manifest(ckpt: Checkpoint, files: list[LocalFile], *, by: str = "vhtool push") -> LocalFile:
-    """The ``vhtool.json`` published with a checkpoint saved without one (bytes; the folder is not touched)."""
+def generated_manifest(ckpt: Checkpoint, files: list[LocalFile], *, by: str = "vhtool push") -> Manifest:
+    """The ``vhtool.json`` published with a checkpoint saved without one (the folder is not touched)."""
     heads = [h for h in find_heads(ckpt) if h.convention in ("vhtool", "sidecar")]
     head = heads[0] if heads else None
     weights = {*ckpt.weight_files, *([SIDECAR_FILE] if ckpt.sidecar is not None else [])}
@@ -199,7 +195,25 @@ def generated_manifest(ckpt: Checkpoint, files: list[LocalFile], *, by: str = "v
         model_dtype=ckpt.dominant_dtype(),
         layout="sharded" if ckpt.sharded else "single-file",
     )
-    return _generated_file(MANIFEST_FILE, manifest_text(manifest.stamped()).encode("utf-8"))
+    return manifest.stamped()
+
+
+def published_manifest(manifest: Manifest, files: list[LocalFile], *, local: Path | None) -> LocalFile:
+    """The ``vhtool.json`` a push publishes: ``manifest`` with ``published``, every path of this push, sorted.
+
+    The list is what lets the next push delete a file this one published and the checkpoint no longer has, and
+    nothing else (:func:`~vhtool.checkpoint.catalogue.push_may_delete`). The bytes depend only on the manifest and
+    the paths, so pushing an unchanged checkpoint again finds the remote ``vhtool.json`` unchanged.
+
+    Args:
+        manifest: the checkpoint's manifest (read from its ``vhtool.json``, or generated).
+        files: every other file this push publishes (the card included when vhtool publishes one).
+        local: the checkpoint's own ``vhtool.json`` when it has one (the published copy is reported as the
+            checkpoint's), None for a generated one.
+    """
+    paths = sorted({f.path_in_repo for f in files if f.path_in_repo != MANIFEST_FILE} | {MANIFEST_FILE})
+    content = manifest_text(manifest.replace(published=tuple(paths))).encode("utf-8")
+    return LocalFile(MANIFEST_FILE, local, len(content), hashlib.sha256(content).hexdigest(), content=content)
 
 
 def _generated_file(name: str, content: bytes) -> LocalFile:
@@ -227,13 +241,13 @@ def collect_peft_files(
             skipped.append((name + "/", "folder not part of a PEFT policy"))
         elif name == head.file and name != PUBLISHED_PEFT_HEAD:
             skipped.append((name, f"published as {PUBLISHED_PEFT_HEAD} (the same tensors, as safetensors)"))
-        elif name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD_FILE, PUBLISHED_PEFT_HEAD) or (
-            name.endswith(_EXTRA_SUFFIXES) and not name.endswith(_NEVER_SUFFIXES)
-        ):
+        elif name == MANIFEST_FILE:
+            skipped.append((name, "a PEFT policy folder's own vhtool.json is replaced by the generated one"))
+        elif (why := _peft_not_published(name)) is not None:
+            skipped.append((name, why))
+        else:
             member = _member(root, name, required=True, link_out=False)
             files.append(LocalFile(name, member, member.stat().st_size, hash_file(member)))
-        else:
-            skipped.append((name, "not part of the checkpoint"))
     if head.file != PUBLISHED_PEFT_HEAD:
         files.append(_generated_file(PUBLISHED_PEFT_HEAD, head.safetensors_bytes()))
     weights = (ADAPTER_WEIGHTS, PUBLISHED_PEFT_HEAD)
@@ -247,8 +261,15 @@ def collect_peft_files(
         hidden=head.weight_shape[-1],
         head_dtype=head.dtype,
     )
-    files.append(_generated_file(MANIFEST_FILE, manifest_text(manifest.stamped()).encode("utf-8")))
-    return sorted(files, key=lambda f: f.path_in_repo), skipped, manifest
+    return sorted(files, key=lambda f: f.path_in_repo), skipped, manifest.stamped()
+
+
+def _peft_not_published(name: str) -> str | None:
+    """Why ``push`` leaves a PEFT policy folder's file out: the catalogue's answer, and weights other than the head."""
+    why = _not_published(name)
+    if why is None and catalogue.kind_of(name) in (Kind.WEIGHTS, Kind.INDEX) and name != PUBLISHED_PEFT_HEAD:
+        return "weights the PEFT policy does not use"
+    return why
 
 
 def _member(root: Path, rel: str, *, required: bool, link_out: bool) -> Path:
@@ -263,6 +284,7 @@ __all__ = [
     "collect_files",
     "collect_peft_files",
     "generated_manifest",
+    "published_manifest",
     "verify_for_push",
     "verify_peft_for_push",
 ]

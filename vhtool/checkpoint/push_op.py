@@ -4,6 +4,9 @@
 lists the files that belong to it (:func:`~vhtool.checkpoint.push_files.collect_files`), compares
 them with the remote revision by size, sha256 (LFS files) or git blob id (regular files), and
 uploads what is new or changed in **one** commit through the Hub room (:mod:`vhtool.hub.commit`).
+The published ``vhtool.json`` lists every path the push published; a later push deletes a remote
+file only when that list names it or it is the other half of a single-file/sharded switch
+(:func:`vhtool.checkpoint.catalogue.push_may_delete`).
 Files are passed to ``huggingface_hub`` by path, never read into memory; the generated card is the
 only file sent as bytes. The token is never written anywhere.
 """
@@ -19,24 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from vhtool._version import __version__
-from vhtool.checkpoint.layout import MANIFEST_FILE
+from vhtool.checkpoint.catalogue import CARD_FILE, INDEX_FILE, MANIFEST_FILE, push_may_delete
 from vhtool.checkpoint.manifest import Manifest
-from vhtool.checkpoint.model_card import CARD_FILE, CARD_MARKER, render_model_card
+from vhtool.checkpoint.model_card import CARD_MARKER, render_model_card
 from vhtool.checkpoint.push_files import (
     LocalFile,
     collect_files,
     collect_peft_files,
     generated_manifest,
+    published_manifest,
     verify_for_push,
     verify_peft_for_push,
 )
 from vhtool.checkpoint.unmanaged import is_peft_folder
-from vhtool.errors import InputError, OperationError
+from vhtool.errors import CheckpointError, InputError, OperationError
 from vhtool.hub.commit import Upload, commit_files, endpoint
 from vhtool.hub.errors import TOKEN_HELP
 from vhtool.hub.names import locate, validate_repo_id
-from vhtool.hub.remote_diff import file_status, git_blob_sha1_bytes, is_stale_weight
-from vhtool.hub.remote_state import RemoteState, read_remote_state, read_remote_text
+from vhtool.hub.remote_diff import file_status, git_blob_sha1_bytes
+from vhtool.hub.remote_state import RemoteFile, RemoteState, read_remote_state, read_remote_text
 from vhtool.hub.token import resolve_token
 
 #: The status of every file of a dry run that could not read the remote (offline, unreachable).
@@ -53,7 +57,7 @@ class PlannedFile:
     size: int
     sha256: str
     status: str  # added | changed | unchanged | deleted | not checked (a dry run that could not read the remote)
-    origin: str  # checkpoint | generated | remote (a stale remote weight file to delete)
+    origin: str  # checkpoint | generated | remote (a remote file to delete: see catalogue.push_may_delete)
     local: Path | None = None
     content: bytes | None = field(default=None, repr=False)
 
@@ -197,7 +201,8 @@ def push_checkpoint(
     if revision is not None and not revision.strip():
         raise InputError("--revision is empty; give a branch name (e.g. main or dev).")
     notes: list[str] = []
-    manifest: Manifest | None
+    manifest: Manifest
+    own_manifest: Path | None = None
     config: dict[str, Any]
     if is_peft_folder(root):
         folder = verify_peft_for_push(root, allow_pickle=allow_pickle)
@@ -207,13 +212,12 @@ def push_checkpoint(
     else:
         ckpt = verify_for_push(root)
         local_files, skipped = collect_files(ckpt)
-        manifest, config = ckpt.manifest, ckpt.config
-        if manifest is None:
-            generated = generated_manifest(ckpt, local_files)
-            assert generated.content is not None
-            manifest = Manifest.from_json(json.loads(generated.content))
-            local_files.append(generated)
+        config = ckpt.config
+        if ckpt.manifest is None:
+            manifest = generated_manifest(ckpt, local_files)
             notes.append(f"no {MANIFEST_FILE} in the checkpoint: a generated one is pushed with it (folder unchanged)")
+        else:
+            manifest, own_manifest = ckpt.manifest, root / MANIFEST_FILE
     tok = resolve_token(token)
     if tok is None and not dry_run:
         raise OperationError(f"no Hugging Face token found; {TOKEN_HELP}.")
@@ -238,8 +242,9 @@ def push_checkpoint(
             notes.append(f"{repo_id} already has a {CARD_FILE} not written by vhtool; it was left as it is")
         else:
             local_files.append(LocalFile(CARD_FILE, None, len(text), hashlib.sha256(text).hexdigest(), content=text))
+    manifest_file = published_manifest(manifest, local_files, local=own_manifest)
+    local_files.append(manifest_file)
 
-    adapter_dir = next((f.path_in_repo.split("/")[0] for f in local_files if "/" in f.path_in_repo), None)
     planned = [
         PlannedFile(
             path_in_repo=f.path_in_repo,
@@ -248,16 +253,16 @@ def push_checkpoint(
             status=file_status(
                 size=f.size, sha256=f.sha256, local=f.local, content=f.content, remote=siblings.get(f.path_in_repo)
             ),
-            origin="generated" if f.content is not None else "checkpoint",
+            origin="generated" if f.local is None else "checkpoint",
             local=f.local,
             content=f.content,
         )
         for f in local_files
     ]
-    ours = {f.path_in_repo for f in planned}
-    for path, sib in sorted(siblings.items()):
-        if path not in ours and is_stale_weight(path, adapter_dir):
-            planned.append(PlannedFile(path, sib.size or 0, sib.lfs_sha256 or "", "deleted", "remote"))
+    kept = {f.path_in_repo for f in planned} | ({CARD_FILE} if card_origin == "remote-kept" else set())
+    for path in _deletions(repo_id, remote, siblings, kept, auth=auth, published=manifest_file):
+        sib = siblings[path]
+        planned.append(PlannedFile(path, sib.size or 0, sib.lfs_sha256 or "", "deleted", "remote"))
     if not remote.checked:  # only a dry run gets here: every file would be sent, but nothing was compared
         planned = [dataclasses.replace(f, status=NOT_CHECKED) for f in planned if f.status != "deleted"]
 
@@ -318,6 +323,67 @@ def push_checkpoint(
         branch_created=outcome.branch_created,
         notes=notes,
     )
+
+
+def _deletions(
+    repo_id: str,
+    remote: RemoteState,
+    siblings: dict[str, RemoteFile],
+    kept: set[str],
+    *,
+    auth: str | bool,
+    published: LocalFile,
+) -> list[str]:
+    """The remote files this push deletes: those the catalogue lets it (:func:`~catalogue.push_may_delete`).
+
+    A remote file this push does not publish goes only when the remote ``vhtool.json`` lists it as published by an
+    earlier vhtool push, or when it is the other half of a single-file/sharded switch (the remote single file when
+    the checkpoint is sharded; the remote index and the shards that index names when it is a single file).
+    Everything else on the remote (``consolidated.safetensors``, ``onnx/``, a user's files) stays. A remote
+    ``vhtool.json`` or index that cannot be read or parsed counts as listing nothing: a file is kept, never lost.
+    """
+    gone = sorted(p for p in siblings if p not in kept)
+    if not gone:
+        return []
+    local_sharded = INDEX_FILE in kept
+    published_before = _remote_published(repo_id, remote, siblings, auth=auth, ours=published)
+    remote_index: list[str] = []
+    if not local_sharded and INDEX_FILE in siblings:
+        remote_index = _remote_index_names(repo_id, remote, auth=auth)
+    return [
+        p
+        for p in gone
+        if push_may_delete(
+            p, published_before=published_before, local_sharded=local_sharded, remote_index_names=remote_index
+        )
+    ]
+
+
+def _remote_published(
+    repo_id: str, remote: RemoteState, siblings: dict[str, RemoteFile], *, auth: str | bool, ours: LocalFile
+) -> tuple[str, ...] | None:
+    """The ``published`` list of the remote ``vhtool.json``; None when it has none or cannot be read."""
+    sib = siblings.get(MANIFEST_FILE)
+    if sib is None:
+        return None
+    if ours.content is not None and sib.blob_id == git_blob_sha1_bytes(ours.content):
+        text: str | None = ours.content.decode("utf-8")  # the same bytes as ours: no need to download it
+    else:
+        text = read_remote_text(repo_id, MANIFEST_FILE, revision=remote.head, token=auth)
+    try:
+        return Manifest.from_json(json.loads(text)).published if text is not None else None
+    except (ValueError, CheckpointError):
+        return None
+
+
+def _remote_index_names(repo_id: str, remote: RemoteState, *, auth: str | bool) -> list[str]:
+    """The files the remote ``model.safetensors.index.json`` names (empty when it cannot be read or parsed)."""
+    text = read_remote_text(repo_id, INDEX_FILE, revision=remote.head, token=auth)
+    try:
+        weight_map = json.loads(text).get("weight_map") if text is not None else None
+    except (ValueError, AttributeError):
+        return []
+    return sorted({v for v in weight_map.values() if isinstance(v, str)}) if isinstance(weight_map, dict) else []
 
 
 __all__ = ["NOT_CHECKED", "PlannedFile", "PushResult", "local_checkpoint_dir", "push_checkpoint"]

@@ -8,9 +8,8 @@ translation of Hub exceptions into :class:`~vhtool.errors.VhtoolError`s that all
 
 from __future__ import annotations
 
-from vhtool.hub.download import SNAPSHOT_PATTERNS
 from vhtool.hub.errors import hub_errors
 from vhtool.hub.names import locate, looks_like_path
 from vhtool.hub.source import Source, resolve_source
 
-__all__ = ["SNAPSHOT_PATTERNS", "Source", "hub_errors", "locate", "looks_like_path", "resolve_source"]
+__all__ = ["Source", "hub_errors", "locate", "looks_like_path", "resolve_source"]

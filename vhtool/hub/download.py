@@ -14,17 +14,6 @@ from typing import Any
 
 from vhtool.hub.errors import hub_errors, transport_errors
 
-#: What a snapshot download fetches: weights as safetensors, configs and tokenizer files.
-SNAPSHOT_PATTERNS = [
-    "*.safetensors",
-    "*.json",
-    "*.txt",
-    "*.model",
-    "*.jinja",
-    "*.tiktoken",
-]
-PICKLE_PATTERNS = ["*.bin", "*.pt"]
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -77,14 +66,14 @@ def snapshot(
     repo_id: str,
     *,
     revision: str | None = None,
-    patterns: list[str] | None = None,
+    patterns: list[str],
     token: str | bool | None = None,
     cache_dir: str | None = None,
     what: str = "the model",
 ) -> Snapshot:
-    """Downloads ``repo_id`` (the files matching ``patterns``, default :data:`SNAPSHOT_PATTERNS`) into the cache.
+    """Downloads the files of ``repo_id`` that ``patterns`` name (exact names, from the catalogue) into the cache.
 
-    Offline or unreachable, a snapshot already in the cache is used.
+    Offline or unreachable, a snapshot already in the cache is used when it holds them.
 
     Raises:
         HubUnavailableError: offline or unreachable and not cached, or no such repo.
@@ -96,7 +85,7 @@ def snapshot(
         local = snapshot_download(
             repo_id,
             **_given(revision=revision, token=token, cache_dir=cache_dir),
-            allow_patterns=patterns or SNAPSHOT_PATTERNS,
+            allow_patterns=patterns,
         )
     return _snapshot(local)
 
@@ -144,8 +133,6 @@ def download_file(
 
 
 __all__ = [
-    "PICKLE_PATTERNS",
-    "SNAPSHOT_PATTERNS",
     "Snapshot",
     "cached_snapshot",
     "download_file",

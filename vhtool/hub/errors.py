@@ -1,7 +1,10 @@
 """The one translation of Hub exceptions into :class:`~vhtool.errors.VhtoolError`s, and quiet Hub calls.
 
 Every call vhtool makes to ``huggingface_hub`` runs inside :func:`hub_errors`, so a user sees one
-line that names the repo, says what failed and what to do, whichever command hit it. Only what
+line that names the repo, says what failed and what to do, whichever command hit it. One exit-code
+rule for the network, reading and pushing alike: offline mode (``HF_HUB_OFFLINE=1``, a setting) is
+exit 2 (:class:`~vhtool.errors.HubUnavailableError`); a Hub that cannot be reached or fails
+(connection refused, DNS, timeout, 5xx: transient) is exit 1 (:class:`~vhtool.errors.HubUnreachableError`). Only what
 ``huggingface_hub`` exports publicly is caught: its ``huggingface_hub.errors`` classes, and for
 transport failures (connection refused, DNS, timeouts) the ``httpx`` module it re-exports as
 ``huggingface_hub.utils.httpx`` (the exceptions it raises from ``model_info`` and header reads).
@@ -13,7 +16,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vhtool.errors import CheckpointError, HubUnavailableError, InputError, OperationError, VhtoolError
+from vhtool.errors import (
+    CheckpointError,
+    HubUnavailableError,
+    HubUnreachableError,
+    InputError,
+    OperationError,
+    VhtoolError,
+)
 
 #: What to do when a Hub model cannot be had here; every "offline / unreachable" message ends with it.
 TOKEN_HELP = "log in with `hf auth login` or set HF_TOKEN, or pass --token"
@@ -26,10 +36,24 @@ def offline_hint(repo_id: str, *, what: str = "the model") -> str:
 
 
 def unavailable(repo_id: str, why: str, *, what: str = "the model") -> HubUnavailableError:
-    """The exit-2 error of a Hub id that cannot be fetched, saying why and what to do."""
+    """The exit-2 error of a Hub id that cannot be fetched by setting (offline mode), saying why and what to do."""
     return HubUnavailableError(
         f"cannot fetch {what} {repo_id!r} from the Hub ({why}). {offline_hint(repo_id, what=what)}"
     )
+
+
+def unreachable(repo_id: str, why: str, *, what: str = "the model") -> HubUnreachableError:
+    """The exit-1 error of a Hub id that cannot be fetched now (the Hub unreachable or failing, not cached)."""
+    return HubUnreachableError(
+        f"cannot fetch {what} {repo_id!r} from the Hub ({why}); try again later. {offline_hint(repo_id, what=what)}"
+    )
+
+
+def _offline() -> bool:
+    """Whether offline mode is set (huggingface_hub's reading of ``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def transport_errors() -> tuple[type[Exception], ...]:
@@ -90,12 +114,14 @@ def hub_errors(
 ) -> Iterator[None]:
     """Runs Hub calls quietly and turns what huggingface_hub raises into one-line VhtoolErrors.
 
-    Reading (``pushed_note`` None): offline, unreachable or no such repo -> :class:`HubUnavailableError`
-    (exit 2); a gated repo, a missing revision or a repo that is not a checkpoint -> :class:`InputError`
-    (exit 2); a malformed remote header -> :class:`CheckpointError`; other HTTP failures ->
-    :class:`OperationError` (exit 1).
+    The network, reading and writing alike: offline mode -> :class:`HubUnavailableError` (exit 2); the Hub
+    unreachable (refused, DNS, timeout) or failing (5xx) -> :class:`HubUnreachableError` (exit 1).
 
-    Writing (``pushed_note`` given, e.g. "nothing was pushed"): every failure is an
+    Reading (``pushed_note`` None): no such repo -> :class:`HubUnavailableError` (exit 2); a gated repo, a
+    missing revision or a repo that is not a checkpoint -> :class:`InputError` (exit 2); a malformed remote
+    header -> :class:`CheckpointError`; other HTTP failures -> :class:`OperationError` (exit 1).
+
+    Writing (``pushed_note`` given, e.g. "nothing was pushed"): every other failure is an
     :class:`OperationError` (exit 1) ending with that note. Tokens never appear in a message.
 
     Args:
@@ -128,7 +154,7 @@ def hub_errors(
         raise
     except OfflineModeIsEnabled:
         if pushed_note is not None:
-            raise OperationError(
+            raise HubUnavailableError(
                 f"cannot {action}: HF_HUB_OFFLINE is set; unset it to push ({pushed_note})."
             ) from None
         raise unavailable(
@@ -153,9 +179,18 @@ def hub_errors(
     except RemoteEntryNotFoundError as exc:
         raise CheckpointError(f"{repo_id}: a file the checkpoint names is missing from the repo ({exc}).") from None
     except LocalEntryNotFoundError:
+        # not in the cache, and the Hub was not asked: offline mode (a setting, 2) or unreachable (transient, 1)
+        if _offline():
+            if pushed_note is not None:
+                raise HubUnavailableError(
+                    f"cannot {action}: HF_HUB_OFFLINE is set; unset it to push ({pushed_note})."
+                ) from None
+            raise unavailable(
+                repo_id, "offline mode: HF_HUB_OFFLINE is set, and not in the local cache", what=what
+            ) from None
         if pushed_note is not None:
-            raise OperationError(f"cannot {action}: the Hub is unreachable; {pushed_note}.") from None
-        raise unavailable(repo_id, "offline or unreachable, and not in the local cache", what=what) from None
+            raise HubUnreachableError(f"cannot {action}: the Hub is unreachable; {pushed_note}.") from None
+        raise unreachable(repo_id, "the Hub is unreachable, and it is not in the local cache", what=what) from None
     except NotASafetensorsRepoError:
         raise InputError(
             f"{repo_id}: not a checkpoint (no model.safetensors or model.safetensors.index.json)."
@@ -164,12 +199,17 @@ def hub_errors(
         raise CheckpointError(f"{repo_id}: {exc}") from None
     except HfHubHTTPError as exc:
         raise _http_error(exc, repo_id, action, pushed_note) from None
+    except ConnectionError as exc:
+        # hf_xet (Xet storage, the default upload path when it is installed) raises the builtin for a transport
+        # or server failure of the token endpoint or the storage service: transient, like a 5xx.
+        msg = f"the Hub's Xet storage failed while trying to {action} {repo_id} ({exc}); try again later"
+        raise HubUnreachableError(f"{msg} ({pushed_note})." if pushed_note is not None else msg + ".") from None
     except transport as exc:
         if pushed_note is not None:
-            raise OperationError(
+            raise HubUnreachableError(
                 f"cannot {action}: the Hub is unreachable ({type(exc).__name__}: {exc}); {pushed_note}."
             ) from None
-        raise unavailable(repo_id, f"offline or unreachable: {type(exc).__name__}: {exc}", what=what) from None
+        raise unreachable(repo_id, f"the Hub is unreachable: {type(exc).__name__}: {exc}", what=what) from None
 
 
 def _http_error(exc: BaseException, repo_id: str, action: str, pushed_note: str | None) -> VhtoolError:
@@ -182,6 +222,7 @@ def _http_error(exc: BaseException, repo_id: str, action: str, pushed_note: str 
         msg = f"the token may not {verb} {repo_id} (403 Forbidden){detail}; use a token with access"
     elif status is not None and status >= 500:
         msg = f"the Hub failed with {status} while trying to {action} {repo_id}{detail}; try again later"
+        return HubUnreachableError(f"{msg} ({pushed_note})." if pushed_note is not None else msg + ".")
     elif status == 412:
         msg = f"{repo_id} changed on the Hub while pushing (412){detail}; run the push again"
     else:
@@ -199,4 +240,5 @@ __all__ = [
     "quiet_hub",
     "transport_errors",
     "unavailable",
+    "unreachable",
 ]

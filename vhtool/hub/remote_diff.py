@@ -46,11 +46,4 @@ def file_status(
     return "unchanged" if blob == remote.blob_id else "changed"
 
 
-def is_stale_weight(path: str, adapter_dir: str | None) -> bool:
-    """A remote file the push should delete when the checkpoint no longer has it: weights and the adapter's files."""
-    if "/" not in path:
-        return path.endswith(".safetensors") or path.endswith(".safetensors.index.json")
-    return adapter_dir is not None and path.startswith(adapter_dir + "/")
-
-
-__all__ = ["file_status", "git_blob_sha1", "git_blob_sha1_bytes", "is_stale_weight"]
+__all__ = ["file_status", "git_blob_sha1", "git_blob_sha1_bytes"]
