@@ -121,6 +121,14 @@ LinkOpt = Annotated[
 ]
 
 HashLinksOpt = Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")]
+AllowMissingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing",
+        help="Use the model even when backbone tensors are missing from the checkpoint (transformers initialises "
+        "them at random) or unused by its architecture; without it the command fails (exit 1) naming them.",
+    ),
+]
 NoFsyncOpt = Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")]
 
 _debug = False

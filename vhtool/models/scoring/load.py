@@ -13,7 +13,6 @@ from typing import Any
 from vhtool.errors import InputError, VhtoolError
 from vhtool.models.scoring.options import ScoreOptions, parse_max_memory
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 MAX_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
@@ -64,11 +63,13 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         InputError: not a causal-LM checkpoint, no CUDA for ``--device cuda``, a ``--max-length`` over the model's
             positions, a head the checkpoint lacks, a chat join without a chat template, a device map accelerate
             cannot use.
+        VerificationError: backbone tensors missing from the checkpoint (or unused by the architecture) and no
+            ``options.allow_missing``.
     """
     import torch
     from transformers import AutoConfig
 
-    from vhtool.models.loading import resolve_pretrained
+    from vhtool.models.loading import require_complete, resolve_pretrained
 
     notes: list[str] = []
     device = "cpu" if options.device_map is not None else pick_device(options.device)
@@ -100,6 +101,7 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         if tok is None:
             notes.append("the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored.")
         model, caught = _load_model(checkpoint, options, torch_dtype(options.dtype, config))
+    require_complete(model.load_report, checkpoint, allow_missing=options.allow_missing)
     model.eval()
     if options.device_map is None:
         model.to(device)
@@ -210,8 +212,11 @@ def _load_tokenizer(resolved: Any) -> Any:
     """The checkpoint's tokenizer, or ``None`` when it has none."""
     from transformers import AutoTokenizer
 
+    from vhtool.checkpoint.catalogue import Kind, kind_of
+
     try:
-        if resolved.local_dir is not None and not any((resolved.local_dir / f).is_file() for f in TOKENIZER_FILES):
+        local = resolved.local_dir
+        if local is not None and not any(kind_of(f.name) is Kind.TOKENIZER for f in local.iterdir() if f.is_file()):
             return None
         tok = AutoTokenizer.from_pretrained(resolved.load_from)
     except (OSError, ValueError, TypeError):
