@@ -250,3 +250,35 @@ def test_verify_forward_of_a_complete_checkpoint_passes(
     res = cli("verify", initialised("builtin:tiny-gpt2"), "--forward")
     assert res.exit_code == 0, res.output
     assert "backbone tensor" not in res.output
+
+
+def test_the_report_applies_transformers_ignore_rules_on_every_release() -> None:
+    """transformers 5.0 returns its loading info before applying the class's ignore patterns (later releases
+    after): the report applies them itself, so an old checkpoint's stale buffers are never "unexpected"."""
+    import torch
+    from torch import nn
+
+    from tests.helpers import build_tiny
+    from vhtool.models.loading import LoadReport
+
+    llama = build_tiny("llama")
+    info = {
+        "missing_keys": {"model.layers.0.mlp.up_proj.weight"},
+        "unexpected_keys": {"model.layers.0.self_attn.rotary_emb.inv_freq", "v_head.summary.weight", "extra.w"},
+    }
+    report = LoadReport.from_loading_info(info, llama)
+    assert report.missing == ("model.layers.0.mlp.up_proj.weight",)
+    assert report.unexpected == ("extra.w",)
+
+    class Declared(nn.Module):
+        _keys_to_ignore_on_load_missing = [r"masked_bias"]
+        _keys_to_ignore_on_load_unexpected = [r"^legacy\."]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("position_ids", torch.arange(3), persistent=False)
+
+    info = {"missing_keys": ["h.0.attn.masked_bias", "h.0.mlp.w"], "unexpected_keys": ["legacy.a", "emb.position_ids"]}
+    report = LoadReport.from_loading_info(info, Declared())
+    assert report.missing == ("h.0.mlp.w",) and report.unexpected == ()
+    assert LoadReport.from_loading_info(info).unexpected == ("emb.position_ids", "legacy.a")  # no model: no rules

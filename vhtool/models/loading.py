@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,14 +237,21 @@ class LoadReport:
     unexpected: tuple[str, ...] = ()
 
     @classmethod
-    def from_loading_info(cls, info: Mapping[str, Any]) -> LoadReport:
-        """The report of transformers' ``output_loading_info`` dict (``missing_keys``, ``unexpected_keys``)."""
-        missing = info.get("missing_keys") or ()
-        unexpected = info.get("unexpected_keys") or ()
-        return cls(
-            missing=tuple(sorted(str(k) for k in missing)),
-            unexpected=tuple(sorted(str(k) for k in unexpected if not str(k).startswith(OWN_KEY_PREFIXES))),
-        )
+    def from_loading_info(cls, info: Mapping[str, Any], model: Any = None) -> LoadReport:
+        """The report of transformers' ``output_loading_info`` dict (``missing_keys``, ``unexpected_keys``).
+
+        Args:
+            info: what ``from_pretrained(..., output_loading_info=True)`` returned beside the model.
+            model: the loaded model: the keys its class tells transformers to ignore are left out too.
+                transformers 5.0 returns the keys before it applies those rules (later releases after),
+                so applying them here gives the same report on every release.
+        """
+        missing = {str(k) for k in info.get("missing_keys") or ()}
+        unexpected = {str(k) for k in info.get("unexpected_keys") or () if not str(k).startswith(OWN_KEY_PREFIXES)}
+        if model is not None:
+            missing = {k for k in missing if not _ignored(k, getattr(model, "_keys_to_ignore_on_load_missing", None))}
+            unexpected = {k for k in unexpected if not _ignored(k, _ignored_unexpected(model))}
+        return cls(missing=tuple(sorted(missing)), unexpected=tuple(sorted(unexpected)))
 
     @property
     def complete(self) -> bool:
@@ -264,6 +272,22 @@ class LoadReport:
                 f"{name_keys(self.unexpected)}"
             )
         return "; ".join(parts)
+
+
+def _ignored(key: str, patterns: Iterable[str] | None) -> bool:
+    return any(re.search(pattern, key) for pattern in patterns or ())
+
+
+def _ignored_unexpected(model: Any) -> list[str]:
+    """The unexpected-key patterns transformers ignores for ``model``: its class's, and buffers older
+    checkpoints stored (``rotary_emb.inv_freq``, ``position_ids``) that are no longer saved."""
+    patterns = list(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in model.named_buffers()] if hasattr(model, "named_buffers") else []
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        patterns.append(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        patterns.append(r"(^|\.)position_ids$")
+    return patterns
 
 
 def require_complete(report: LoadReport | None, checkpoint: str | None, *, allow_missing: bool = False) -> None:

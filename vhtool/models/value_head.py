@@ -351,7 +351,7 @@ class PreTrainedModelWrapper(nn.Module):
             model, info = cls.transformers_parent_class.from_pretrained(
                 path, *model_args, output_loading_info=True, **kwargs
             )
-        return model, LoadReport.from_loading_info(info)
+        return model, LoadReport.from_loading_info(info, model)
 
     def post_init(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads ``v_head.*`` entries of ``state_dict`` into the value head and places it next to the LM head."""
