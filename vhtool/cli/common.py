@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args
 
 import typer
 import typer.core
@@ -48,8 +48,44 @@ else:
     LinkMode = choice_enum("LinkMode", LINK_MODES)
 
 
+#: The metavars of the arguments and options that name a local path (or a model that may be one). They are
+#: the words the help shows, so a new path option gets `~` expanded by being declared the way it is documented.
+PATH_METAVARS = frozenset({"OUT", "FILE", "DIR", "CHECKPOINT", "CHECKPOINT_B", "MODEL", "POLICY", "ADAPTER", "SRC"})
+
+
+def names_a_path(param: Any) -> bool:
+    """Whether a parameter of a command names a local path: a path metavar, or declared as ``Path``."""
+    if getattr(param, "metavar", None) in PATH_METAVARS:
+        return True
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return annotation is Path or Path in get_args(annotation)
+
+
+def expand_home(value: Any) -> Any:
+    """``value`` with a leading ``~`` or ``~user`` expanded (a str stays a str, a Path a Path; lists item by item).
+
+    A shell expands ``~`` only at the start of a word: ``--output=~/x``, ``-o=~/x`` or a quoted ``"~/x"`` reach
+    vhtool as they are. A Hub id or ``builtin:`` name never starts with ``~``, so nothing else changes.
+    """
+    if isinstance(value, (list, tuple)):
+        return type(value)(expand_home(v) for v in value)
+    if isinstance(value, Path) and str(value).startswith("~"):
+        return value.expanduser()
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
 class VhtoolCommand(typer.core.TyperCommand):
-    """A command whose help names its arguments in words: ``MODEL``, not ``{model}`` or ``model <str>``."""
+    """A command whose help names its arguments in words (``MODEL``, not ``{model}`` or ``model <str>``), and
+    whose path arguments and options (:func:`names_a_path`) have ``~`` expanded, once for every command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rest: list[str] = super().parse_args(ctx, args)
+        for param in self.params:
+            if param.name in ctx.params and names_a_path(param):
+                ctx.params[param.name] = expand_home(ctx.params[param.name])
+        return rest
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
@@ -121,6 +157,14 @@ LinkOpt = Annotated[
 ]
 
 HashLinksOpt = Annotated[bool, typer.Option("--hash", help="Also sha256 linked (not copied) weight files.")]
+AllowMissingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing",
+        help="Use the model even when backbone tensors are missing from the checkpoint (transformers initialises "
+        "them at random) or unused by its architecture; without it the command fails (exit 1) naming them.",
+    ),
+]
 NoFsyncOpt = Annotated[bool, typer.Option("--no-fsync", help="Skip the fsync before the final rename.")]
 
 _debug = False

@@ -14,6 +14,7 @@ import typer
 
 from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
 from vhtool.cli.common import (
+    AllowMissingOpt,
     Choice,
     ForceOpt,
     JsonOpt,
@@ -277,6 +278,7 @@ def score_command(
             "--output", "-o", metavar="FILE", help="Write the records (JSONL) to FILE, not stdout.", show_default=False
         ),
     ] = None,
+    allow_missing: AllowMissingOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -319,6 +321,7 @@ def score_command(
         device_map=None if device_map is None else device_map.value,
         max_memory=max_memory,
         offload_folder=offload_folder,
+        allow_missing=allow_missing,
     )
     if input_file is not None and text:
         raise InputError("give --input or --text, not both.")

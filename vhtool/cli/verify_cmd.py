@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors
+from vhtool.cli.common import AllowMissingOpt, JsonOpt, Out, QuietOpt, examples, handle_errors
 from vhtool.errors import VerificationError
 
 EXAMPLES = examples(
@@ -43,6 +43,7 @@ def verify_command(
             help="Read a PEFT folder's pickled value head (TRL's pytorch_model.bin) with weights_only=True.",
         ),
     ] = False,
+    allow_missing: AllowMissingOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -68,7 +69,7 @@ def verify_command(
     if forward:  # the file checks need no torch; the forward check is the torch world's
         from vhtool.models.smoke import verify_forward
 
-        result = verify_forward(result)
+        result = verify_forward(result, allow_missing=allow_missing)
     if json_out:
         out.data(result.to_json())
     else:

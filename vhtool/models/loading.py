@@ -3,26 +3,36 @@
 A path that exists locally is never sent to the Hub. Value-head tensors are read selectively: from
 a sharded checkpoint only the shard(s) the index names for ``v_head.*`` are opened, and only those
 tensors are read from them.
+
+What transformers reports about the backbone's load (tensors missing from the checkpoint, tensors it has
+no place for) becomes one :class:`LoadReport`, less the value head's own keys; :func:`require_complete` is
+the one check every command that loads a model makes of it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vhtool.checkpoint.catalogue import INDEX_FILE, PICKLE_FILE, SIDECAR_FILE, SINGLE_FILE
-from vhtool.checkpoint.layout import (
-    conflicting_weight_files,
-    read_local_manifest,
-    safe_member,
+from vhtool.checkpoint.catalogue import (
+    ADAPTER_CONFIG,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    PICKLE_FILE,
+    SIDECAR_FILE,
+    SINGLE_FILE,
 )
+from vhtool.checkpoint.layout import conflicting_weight_files, read_local_manifest, safe_member
 from vhtool.checkpoint.manifest import Manifest, RewardAdapterInfo, read_manifest, symlinked_files
-from vhtool.checkpoint.names import ADAPTER_CONFIG, MANIFEST_FILE
 from vhtool.checkpoint.safetensors_io import read_header
-from vhtool.errors import CheckpointError, InputError
+from vhtool.errors import CheckpointError, InputError, VerificationError
 from vhtool.hub.download import cached_snapshot, download_file, reachable
 from vhtool.hub.names import locate
 
@@ -188,3 +198,147 @@ def find_value_head_state(resolved: Resolved, *, allow_pickle: bool = False) -> 
         if state:
             return state, f"{resolved.repo_id}/{SIDECAR_FILE}"
     return {}, None
+
+
+# ---------------------------------------------------------------------------------------------- the load report
+#: Keys of a checkpoint that are vhtool's (and TRL's) own, stored among the model's tensors: transformers
+#: reports them as unexpected in the bare model, which they are not.
+OWN_KEY_PREFIXES = ("v_head.",)
+#: How many keys a one-line message names before it says how many more there are.
+KEYS_NAMED = 3
+
+
+def name_keys(keys: Iterable[str], limit: int = KEYS_NAMED) -> str:
+    """The first ``limit`` keys (sorted), then how many more: ``a, b, c and 7 more``."""
+    ordered = sorted(keys)
+    shown = ", ".join(ordered[:limit])
+    rest = len(ordered) - limit
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What transformers reported about loading the backbone, less the value head's own keys.
+
+    Tied weights that a checkpoint legitimately omits (an LM head tied to the embedding) are never missing:
+    transformers itself takes them out of its report.
+
+    Attributes:
+        missing: backbone tensors the architecture needs and the checkpoint lacks; transformers initialised
+            them at random.
+        unexpected: tensors of the checkpoint that the architecture has no place for (``v_head.*`` excluded).
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+
+    @classmethod
+    def from_loading_info(cls, info: Mapping[str, Any], model: Any = None) -> LoadReport:
+        """The report of transformers' ``output_loading_info`` dict (``missing_keys``, ``unexpected_keys``).
+
+        Args:
+            info: what ``from_pretrained(..., output_loading_info=True)`` returned beside the model.
+            model: the loaded model: the keys its class tells transformers to ignore are left out too.
+                transformers 5.0 returns the keys before it applies those rules (later releases after),
+                so applying them here gives the same report on every release.
+        """
+        missing = {str(k) for k in info.get("missing_keys") or ()}
+        unexpected = {str(k) for k in info.get("unexpected_keys") or () if not str(k).startswith(OWN_KEY_PREFIXES)}
+        if model is not None:
+            missing = {k for k in missing if not _ignored(k, getattr(model, "_keys_to_ignore_on_load_missing", None))}
+            unexpected = {k for k in unexpected if not _ignored(k, _ignored_unexpected(model))}
+        return cls(missing=tuple(sorted(missing)), unexpected=tuple(sorted(unexpected)))
+
+    @property
+    def complete(self) -> bool:
+        """True when every backbone tensor came from the checkpoint and every checkpoint tensor was used."""
+        return not (self.missing or self.unexpected)
+
+    def describe(self) -> str:
+        """One line naming the first few keys of each kind and their count; empty when complete."""
+        parts = []
+        if self.missing:
+            parts.append(
+                f"{_plural(len(self.missing), 'backbone tensor')} missing from the checkpoint (initialised at "
+                f"random): {name_keys(self.missing)}"
+            )
+        if self.unexpected:
+            parts.append(
+                f"{_plural(len(self.unexpected), 'tensor')} of the checkpoint unused by the architecture: "
+                f"{name_keys(self.unexpected)}"
+            )
+        return "; ".join(parts)
+
+
+def _ignored(key: str, patterns: Iterable[str] | None) -> bool:
+    return any(re.search(pattern, key) for pattern in patterns or ())
+
+
+def _ignored_unexpected(model: Any) -> list[str]:
+    """The unexpected-key patterns transformers ignores for ``model``: its class's, and buffers older
+    checkpoints stored (``rotary_emb.inv_freq``, ``position_ids``) that are no longer saved."""
+    patterns = list(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in model.named_buffers()] if hasattr(model, "named_buffers") else []
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        patterns.append(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        patterns.append(r"(^|\.)position_ids$")
+    return patterns
+
+
+def require_complete(report: LoadReport | None, checkpoint: str | None, *, allow_missing: bool = False) -> None:
+    """The one check of a loaded backbone that the commands make (``score``, ``verify --forward``).
+
+    Args:
+        report: the wrapper's ``load_report`` (``None``: nothing was loaded from files, nothing to check).
+        checkpoint: how the user named the checkpoint, for the message (``None``: the caller's message names it).
+        allow_missing: accept an incomplete load (``--allow-missing``): the Python API's warning still says it.
+
+    Raises:
+        VerificationError: tensors were missing or unexpected and ``allow_missing`` is false (exit 1).
+    """
+    if report is None or report.complete or allow_missing:
+        return
+    problems = []
+    if report.missing:
+        problems.append("missing tensors")
+    if report.unexpected:
+        problems.append("unexpected tensors")
+    where = f"{checkpoint}: " if checkpoint is not None else ""
+    message = f"{where}{report.describe()}. Pass --allow-missing to use it anyway."
+    raise VerificationError(message, problems=problems)
+
+
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' LOAD REPORT table when all it lists is missing or unexpected keys.
+
+    Those the wrapper reports itself, in one warning, without the ``v_head.*`` lines (which are no problem).
+    A table with size mismatches or conversion errors passes: transformers raises right after it, and the
+    table is the detail of that error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        return "MISMATCH" in message or "CONVERSION" in message
+
+
+#: The logger transformers writes its load report to.
+_REPORT_LOGGER = "transformers.modeling_utils"
+
+
+@contextmanager
+def own_load_report() -> Iterator[None]:
+    """While loading: transformers' load-report table is left to the wrapper; every other message still shows."""
+    log = logging.getLogger(_REPORT_LOGGER)
+    drop = _DropLoadReport()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)

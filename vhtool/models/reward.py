@@ -44,6 +44,7 @@ from vhtool.checkpoint.layout import safe_member
 from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, MANIFEST_FILE
 from vhtool.errors import CheckpointError, InputError
 from vhtool.models.hidden import LastHidden, mapped_output_device
+from vhtool.models.loading import name_keys
 
 _BINDINGS_ATTR = "_vhtool_reward_bindings"
 
@@ -291,9 +292,10 @@ def load_reward_adapter(
         result: Any = set_peft_model_state_dict(peft_model, tuner_state, adapter_name=adapter_name)
         missing = [k for k in result.missing_keys if f".{adapter_name}" in k]
         if missing or result.unexpected_keys:
+            unexpected = name_keys(result.unexpected_keys) or "none"
             raise CheckpointError(
                 f"{info.path}: the adapter's tensors do not match the layers PEFT built from its config "
-                f"(missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]})."
+                f"(missing: {name_keys(missing) or 'none'}; unexpected: {unexpected})."
             )
         overrides = _override_pairs(hf, info, state)
     except BaseException:

@@ -17,16 +17,19 @@ import torch
 from vhtool.checkpoint.catalogue import CONFIG_FILE
 from vhtool.checkpoint.manifest import Manifest
 from vhtool.checkpoint.verify_op import Check, VerifyResult
-from vhtool.errors import VhtoolError
+from vhtool.errors import VerificationError, VhtoolError
 from vhtool.hub import resolve_source
+from vhtool.models.loading import require_complete
 from vhtool.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 
 
-def verify_forward(result: VerifyResult) -> VerifyResult:
+def verify_forward(result: VerifyResult, *, allow_missing: bool = False) -> VerifyResult:
     """``result`` (the file checks) plus the forward checks; not run when a file check failed.
 
     Args:
         result: what :func:`~vhtool.checkpoint.verify_op.verify_checkpoint` found.
+        allow_missing: pass the ``forward`` check even when backbone tensors are missing from the checkpoint
+            (or unused by the architecture); its detail still names them.
 
     Returns:
         The merged result, with ``forward`` set.
@@ -36,7 +39,8 @@ def verify_forward(result: VerifyResult) -> VerifyResult:
             [Check("forward", False, "not run: the checkpoint failed the file checks above.")], forward=True
         )
     return result.with_checks(
-        forward_checks(result.path, config=result.config, manifest=result.manifest), forward=True
+        forward_checks(result.path, config=result.config, manifest=result.manifest, allow_missing=allow_missing),
+        forward=True,
     )
 
 
@@ -56,31 +60,37 @@ def _source_dir(manifest: Manifest | None) -> Path | None:
     return None
 
 
-def forward_checks(root: Path, *, config: Mapping[str, Any], manifest: Manifest | None) -> list[Check]:
+def forward_checks(
+    root: Path, *, config: Mapping[str, Any], manifest: Manifest | None, allow_missing: bool = False
+) -> list[Check]:
     """Loads the model and its source (quietly: no loading bars on stderr) and compares one batch.
 
     Args:
         root: the checkpoint directory.
         config: its ``config.json`` (as the file checks read it).
         manifest: its ``vhtool.json`` (None when it has none): the architecture and the recorded source.
+        allow_missing: accept backbone tensors missing from the checkpoint (or unused by the architecture).
 
     Returns:
-        ``forward`` (the model loads, runs, and gives finite logits and values of the right shapes) and
-        ``source logits`` (the base logits equal the recorded local or built-in source's, when it still exists).
-        A model that does not load or run is a failed check, never an exception.
+        ``forward`` (the model loads with every backbone tensor from the checkpoint, runs, and gives finite logits
+        and values of the right shapes) and ``source logits`` (the base logits equal the recorded local or
+        built-in source's, when it still exists). A model that does not load or run is a failed check, never an
+        exception.
     """
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
-        return _forward_batch(root, config, manifest)
+        return _forward_batch(root, config, manifest, allow_missing=allow_missing)
     finally:
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _forward_batch(root: Path, config: Mapping[str, Any], manifest: Manifest | None) -> list[Check]:
+def _forward_batch(
+    root: Path, config: Mapping[str, Any], manifest: Manifest | None, *, allow_missing: bool
+) -> list[Check]:
     checks: list[Check] = []
     try:
         arch = manifest.architecture if manifest is not None else None
@@ -89,6 +99,11 @@ def _forward_batch(root: Path, config: Mapping[str, Any], manifest: Manifest | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = cls.from_pretrained(str(root))
+        try:
+            require_complete(model.load_report, None, allow_missing=allow_missing)
+        except VerificationError as exc:  # the verify line names the checkpoint already
+            checks.append(Check("forward", False, str(exc)))
+            return checks
         model.eval()
         vocab = int(getattr(model.pretrained_model.config, "vocab_size", 0) or config.get("vocab_size") or 2)
         ids = (torch.arange(2 * 6).reshape(2, 6) * 7 + 3) % max(vocab, 1)
@@ -105,6 +120,8 @@ def _forward_batch(root: Path, config: Mapping[str, Any], manifest: Manifest | N
         if tuple(value.shape) != tuple(logits.shape[:2]):
             problems.append(f"values have shape {list(value.shape)}, expected {list(logits.shape[:2])}")
         detail = f"logits {list(logits.shape)}, values {list(value.shape)}, finite"
+        if model.load_report is not None and not model.load_report.complete:  # only with allow_missing
+            detail += f" (--allow-missing: {model.load_report.describe()})"
         checks.append(Check("forward", not problems, "; ".join(problems) if problems else detail))
     except Exception as exc:  # a model that does not load or run is a failed check, not a crash
         checks.append(Check("forward", False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))

@@ -5,6 +5,11 @@ Differences from TRL that users can rely on (each has a test):
 * a local sharded value-head checkpoint reloads (TRL treats the directory as a Hub id);
 * a checkpoint with no ``v_head.*`` weights is reported (a warning and ``model.v_head_loaded``),
   never silently left random;
+* backbone tensors missing from a checkpoint (or unused by the architecture) are reported in one warning
+  naming them and in ``model.load_report``; only the expected ``v_head.*`` lines of transformers' load
+  report are silenced;
+* ``past_key_values`` reaches the wrapped model under the name its ``forward`` takes (``cache`` in current
+  transformers), so no deprecation is triggered;
 * an unknown ``v_head_init_strategy`` raises;
 * ``forward`` captures the last hidden state with a hook instead of asking for all L+1 states;
 * ``state_dict()`` round-trips through ``load_state_dict()``;
@@ -15,6 +20,8 @@ Differences from TRL that users can rely on (each has a test):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import warnings
@@ -29,7 +36,7 @@ from torch import nn
 from vhtool.checkpoint.catalogue import SINGLE_FILE
 from vhtool.errors import InputError
 from vhtool.models.hidden import LastHidden, mapped_output_device
-from vhtool.models.loading import find_value_head_state, resolve_pretrained
+from vhtool.models.loading import LoadReport, find_value_head_state, own_load_report, resolve_pretrained
 
 #: Where a PEFT policy's value head is saved: TRL 1.12.0 loads ``model.safetensors`` of the adapter folder.
 #: vhtool reads it there and in ``value_head.safetensors`` (what vhtool 0.1.0 wrote).
@@ -80,6 +87,44 @@ class ValueHead(nn.Module):
         return out
 
 
+@functools.cache
+def _cache_name_of(model_class: type) -> str:
+    """The keyword a model class's ``forward`` takes the KV cache under.
+
+    transformers renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); releases
+    before the rename take only ``past_key_values``. The signature says which one this installation has.
+    """
+    try:
+        params = inspect.signature(model_class.forward).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_kwargs(pretrained_model: Any, kwargs: dict[str, Any], past_key_values: Any, *, prefix_tuning: bool) -> None:
+    """Puts the KV cache (given as ``past_key_values`` or ``cache``) into ``kwargs`` under the model's own name.
+
+    Prefix tuning supplies its own cache (the prefixes): a caller's is dropped there, as TRL does.
+    """
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None:
+        raise InputError("give the KV cache as past_key_values or as cache, not both.")
+    cache = cache if cache is not None else past_key_values
+    if cache is None or prefix_tuning:
+        return
+    get_base = getattr(pretrained_model, "get_base_model", None)  # a PEFT model passes it on to the base's forward
+    base = get_base() if callable(get_base) else pretrained_model
+    kwargs[_cache_name_of(type(base))] = cache  # type: ignore[arg-type]  # a class is hashable
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache a model output carries (``cache``, or ``past_key_values`` before the rename), without a warning."""
+    fields = getattr(out, "__dataclass_fields__", {})
+    if "cache" in fields:
+        return out.cache
+    return getattr(out, "past_key_values", None)
+
+
 def _peft_types() -> tuple[type, ...]:
     try:
         from peft import PeftModel
@@ -95,6 +140,8 @@ class PreTrainedModelWrapper(nn.Module):
         pretrained_model: the wrapped model.
         v_head_loaded: whether value-head weights were found and loaded by ``from_pretrained``.
         v_head_source: where they came from (a file name or Hub path), or ``None``.
+        load_report: what loading the backbone from files reported (missing and unexpected tensors), or
+            ``None`` when ``from_pretrained`` was given a model object (nothing was loaded from files).
     """
 
     transformers_parent_class: Any = None
@@ -130,9 +177,20 @@ class PreTrainedModelWrapper(nn.Module):
         self.is_peft_model = isinstance(pretrained_model, _peft_types())
         self.v_head_loaded = False
         self.v_head_source: str | None = None
+        self.load_report: LoadReport | None = None
         self.current_device: Any = "cpu"
         if score_module is not None:
             self.score = score_module
+
+    @property
+    def missing_keys(self) -> tuple[str, ...]:
+        """Backbone tensors the checkpoint lacked (initialised at random by transformers); empty when none."""
+        return self.load_report.missing if self.load_report is not None else ()
+
+    @property
+    def unexpected_keys(self) -> tuple[str, ...]:
+        """Tensors of the checkpoint the architecture did not use (``v_head.*`` excluded); empty when none."""
+        return self.load_report.unexpected if self.load_report is not None else ()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -177,7 +235,10 @@ class PreTrainedModelWrapper(nn.Module):
         ``reward_adapter_name``, ``is_trainable``, ``prepare_model_for_kbit_training`` args) and
         ``allow_pickle`` are taken out; the rest goes to ``transformers``' ``from_pretrained``.
         When no value-head weights are found, the head is initialised as asked, a warning is
-        issued and ``v_head_loaded`` is ``False``.
+        issued and ``v_head_loaded`` is ``False``. When backbone tensors are missing from the checkpoint
+        (transformers initialises them at random) or unused by the architecture, one warning names them and
+        ``load_report`` (``missing_keys``, ``unexpected_keys``) records them; the load itself goes on, as
+        transformers' does.
         """
         peft_config = kwargs.pop("peft_config", None)
         reward_adapter = kwargs.pop("reward_adapter", None)
@@ -211,18 +272,19 @@ class PreTrainedModelWrapper(nn.Module):
                 if peft_config is not None:
                     logger.warning("peft_config ignored: %s already holds a trained PEFT adapter.", source)
                 trained = PeftConfig.from_pretrained(str(adapter_cfg))
-                base = cls._load_base(trained.base_model_name_or_path, model_args, pretrained_kwargs)
+                base, report = cls._load_base(trained.base_model_name_or_path, model_args, pretrained_kwargs)
                 pretrained_model = PeftModel.from_pretrained(
                     base, str(resolved.load_from), is_trainable=is_trainable, token=token
                 )
             else:
-                pretrained_model = cls._load_base(str(resolved.load_from), model_args, pretrained_kwargs)
+                pretrained_model, report = cls._load_base(str(resolved.load_from), model_args, pretrained_kwargs)
                 if peft_config is not None:
                     if kbit:
                         pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)  # type: ignore[no-untyped-call]
                     pretrained_model = get_peft_model(pretrained_model, peft_config)
         elif hasattr(source, "config") and isinstance(source, nn.Module):
             resolved = None
+            report = None
             pretrained_model = source
             if peft_config is not None and not isinstance(source, _peft_types()):
                 if getattr(source, "is_loaded_in_8bit", False) or getattr(source, "is_loaded_in_4bit", False):
@@ -247,6 +309,10 @@ class PreTrainedModelWrapper(nn.Module):
             multi = {"score_module": score, "supports_rm_adapter": True, "rm_adapter_name": reward_adapter_name}
 
         model = cls(pretrained_model, **multi, **v_head_kwargs)
+        model.load_report = report
+        if report is not None and not report.complete:
+            # once, here: transformers' own table of these keys is left out of its log (see _load_base)
+            warnings.warn(f"{str(source)!r}: {report.describe()}.", stacklevel=2)
         if resolved is not None:
             state, where = find_value_head_state(resolved, allow_pickle=allow_pickle)
         else:
@@ -273,16 +339,20 @@ class PreTrainedModelWrapper(nn.Module):
         return model
 
     @classmethod
-    def _load_base(cls, path: str, model_args: tuple[Any, ...], pretrained_kwargs: dict[str, Any]) -> Any:
-        from transformers.utils import logging as hf_logging
+    def _load_base(
+        cls, path: str, model_args: tuple[Any, ...], pretrained_kwargs: dict[str, Any]
+    ) -> tuple[Any, LoadReport]:
+        """The wrapped model and what its load reported, ``v_head.*`` (ours, not unexpected) left out.
 
-        # v_head.* keys are ours: keep transformers from listing them as unexpected.
-        previous = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-        try:
-            return cls.transformers_parent_class.from_pretrained(path, *model_args, **pretrained_kwargs)
-        finally:
-            hf_logging.set_verbosity(previous)
+        Only transformers' load-report table is kept out of its log; the wrapper's one warning replaces it.
+        Every other message of the load shows as the user's transformers verbosity says.
+        """
+        kwargs = {k: v for k, v in pretrained_kwargs.items() if k != "output_loading_info"}
+        with own_load_report():
+            model, info = cls.transformers_parent_class.from_pretrained(
+                path, *model_args, output_loading_info=True, **kwargs
+            )
+        return model, LoadReport.from_loading_info(info, model)
 
     def post_init(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads ``v_head.*`` entries of ``state_dict`` into the value head and places it next to the LM head."""
@@ -472,11 +542,14 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         return_past_key_values: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, ...]:
-        """Runs the wrapped model; the value is the head applied to the last hidden state (the LM head's input)."""
+        """Runs the wrapped model; the value is the head applied to the last hidden state (the LM head's input).
+
+        The KV cache may be given as ``past_key_values`` (TRL's name) or ``cache`` (transformers' current name);
+        it reaches the wrapped model under the name its ``forward`` takes, so no deprecation is triggered.
+        """
         active = getattr(self.pretrained_model, "active_peft_config", None) if self.is_peft_model else None
         prefix_tuning = active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING"
-        if past_key_values is not None and not prefix_tuning:
-            kwargs["past_key_values"] = past_key_values
+        _cache_kwargs(self.pretrained_model, kwargs, past_key_values, prefix_tuning=prefix_tuning)
         probe = self._hidden_probe()
         if probe is None or kwargs.get("output_hidden_states"):
             kwargs["output_hidden_states"] = True
@@ -496,7 +569,7 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         if lm_logits.dtype != torch.float32:
             lm_logits = lm_logits.float()
         if return_past_key_values:
-            return (lm_logits, out.loss, value, out.past_key_values)
+            return (lm_logits, out.loss, value, _output_cache(out))
         return (lm_logits, out.loss, value)
 
 
@@ -525,11 +598,13 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         return_past_key_values: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, ...]:
-        """Runs the wrapped model; the value is the head applied to the decoder's last hidden state."""
+        """Runs the wrapped model; the value is the head applied to the decoder's last hidden state.
+
+        The KV cache is passed on as in :meth:`AutoModelForCausalLMWithValueHead.forward`.
+        """
         active = getattr(self.pretrained_model, "active_peft_config", None) if self.is_peft_model else None
         prefix_tuning = active is not None and getattr(active, "peft_type", None) == "PREFIX_TUNING"
-        if past_key_values is not None and not prefix_tuning:
-            kwargs["past_key_values"] = past_key_values
+        _cache_kwargs(self.pretrained_model, kwargs, past_key_values, prefix_tuning=prefix_tuning)
         decoder = self.pretrained_model.get_decoder()
         if kwargs.get("output_hidden_states"):
             out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -546,7 +621,7 @@ class AutoModelForSeq2SeqLMWithValueHead(PreTrainedModelWrapper):
         if lm_logits.dtype != torch.float32:
             lm_logits = lm_logits.float()
         if return_past_key_values:
-            return (lm_logits, out.loss, value, out.past_key_values)
+            return (lm_logits, out.loss, value, _output_cache(out))
         return (lm_logits, out.loss, value)
 
 

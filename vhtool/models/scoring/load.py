@@ -64,11 +64,13 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         InputError: not a causal-LM checkpoint, no CUDA for ``--device cuda``, a ``--max-length`` over the model's
             positions, a head the checkpoint lacks, a chat join without a chat template, a device map accelerate
             cannot use.
+        VerificationError: backbone tensors missing from the checkpoint (or unused by the architecture) and no
+            ``options.allow_missing``.
     """
     import torch
     from transformers import AutoConfig
 
-    from vhtool.models.loading import resolve_pretrained
+    from vhtool.models.loading import require_complete, resolve_pretrained
 
     notes: list[str] = []
     device = "cpu" if options.device_map is not None else pick_device(options.device)
@@ -100,6 +102,7 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         if tok is None:
             notes.append("the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored.")
         model, caught = _load_model(checkpoint, options, torch_dtype(options.dtype, config))
+    require_complete(model.load_report, checkpoint, allow_missing=options.allow_missing)
     model.eval()
     if options.device_map is None:
         model.to(device)

@@ -37,6 +37,8 @@ class ScoreOptions:
         max_memory: with ``device_map``, a cap per device: ``cpu=200MB,0=20GiB`` or a JSON object
             (see :func:`parse_max_memory`).
         offload_folder: with ``device_map``, where weights offloaded to disk go.
+        allow_missing: score a checkpoint whose backbone tensors are not all in its files (transformers
+            initialises the missing ones at random); refused by default.
     """
 
     head: str | None = None
@@ -53,6 +55,7 @@ class ScoreOptions:
     device_map: str | None = None
     max_memory: str | None = None
     offload_folder: str | None = None
+    allow_missing: bool = False
 
     def __post_init__(self) -> None:
         choices = {
