@@ -67,7 +67,11 @@ class Scorer:
         self.join = loaded.join
         self.classifier = loaded.classifier
         self.readout_pad_id = loaded.readout_pad_id
+        #: where each sequence's score is read, and its normalisation (see :mod:`vhtool.models.scoring.readout`)
+        self.readout = loaded.readout
         self.notes: list[str] = list(loaded.notes)
+        if self.readout is not None and self.readout.worth_a_note:
+            self.notes.append(self.readout.describe())
         self.preparer = RecordPreparer(
             tokenizer=loaded.tokenizer,
             join=loaded.join,
@@ -81,7 +85,13 @@ class Scorer:
 
     def prepare(self, items: Sequence[InputItem]) -> list[Prepared]:
         """Turns a window of records into token ids (one tokenizer call for all texts), validating each."""
-        return self.preparer.prepare(items)
+        prepared = self.preparer.prepare(items)
+        if self.readout is not None:
+            limit = self.options.max_length or self.max_positions
+            for p in prepared:
+                if p.error is None and p.ids is not None:
+                    p.ids = self.readout.prepare(p.ids, limit=limit)
+        return prepared
 
     # ------------------------------------------------------------------ the fast path and its self-check
     def _setup_forward(self, torch: Any) -> None:
@@ -222,7 +232,12 @@ class Scorer:
         needs_mask = self.padding_side == "left" and any(len(s) < width for s in seqs)
         with torch.inference_mode():
             out = self._head_outputs(ids, mask if needs_mask else None, kind=self.forward_kind).float()
-            if self.classifier == "seq-cls":
+            if self.readout is not None:  # the hook: the convention's token, and its normalisation
+                out = self.readout.normalize(out)
+                last = torch.tensor(
+                    [(width - len(s) if self.padding_side == "left" else 0) + self.readout.index(s) for s in seqs]
+                )
+            elif self.classifier == "seq-cls":
                 last = torch.tensor(
                     [(width - len(s) if self.padding_side == "left" else 0) + self.readout_index(s) for s in seqs]
                 )

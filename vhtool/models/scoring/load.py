@@ -12,6 +12,7 @@ from typing import Any
 
 from vhtool.errors import InputError, VhtoolError
 from vhtool.models.scoring.options import ScoreOptions, parse_max_memory
+from vhtool.models.scoring.readout import Readout, choose_readout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 MAX_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -41,6 +42,8 @@ class LoadedModel:
             classifier with one label (a reward model, a critic), scored with its own ``score``/``classifier`` head.
         readout_pad_id: for ``seq-cls``, the config's ``pad_token_id``: the score is read, as transformers'
             sequence classifier reads it, at the rightmost token whose id is not this one (``None``: the last).
+        readout: where each sequence's score is read and how it is normalised (the convention's rule, the one
+            ``vhtool.json`` records, or ``--readout``; see :mod:`vhtool.models.scoring.readout`).
     """
 
     model: Any
@@ -58,6 +61,7 @@ class LoadedModel:
     notes: tuple[str, ...]
     classifier: str | None = None
     readout_pad_id: int | None = None
+    readout: Readout | None = None
 
 
 def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int | None = None) -> LoadedModel:
@@ -104,13 +108,23 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
             f"positions; use --max-length {max_positions} or less."
         )
 
-    classifier = classifier_kind(config, checkpoint)
+    from vhtool.models.scoring.frameworks import build_model, framework_checkpoint
+
+    canon = framework_checkpoint(resolved.local_dir, allow_pickle=options.allow_pickle)
+    classifier = "token-cls" if canon is not None else classifier_kind(config, checkpoint)
+    if canon is not None and options.device_map is not None:
+        raise InputError(
+            f"--device-map: {checkpoint} is a {canon.convention} checkpoint, scored whole; drop --device-map."
+        )
     with _quiet_transformers():
         tok = _load_tokenizer(resolved)
         if tok is None:
             notes.append("the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored.")
         dtype = torch_dtype(options.dtype, config)
-        if classifier is None:
+        if canon is not None:
+            model, caught = build_model(canon, dtype), []
+            notes.extend(canon.notes)
+        elif classifier is None:
             model, caught = _load_model(checkpoint, options, dtype)
         else:
             model, caught = _load_classifier(resolved.load_from, classifier, options, dtype)
@@ -129,10 +143,15 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
     if isinstance(readout_pad_id, list):
         readout_pad_id = readout_pad_id[0] if readout_pad_id else None
     pad_id = _pad_id(tok, config, vocab_rows, checkpoint=checkpoint, notes=notes)
-    if classifier is None:
+    if canon is not None:
+        head, head_reason = _choose_classifier_head(
+            "seq-cls" if canon.role == "reward" else "token-cls", options, checkpoint
+        )
+    elif classifier is None:
         head, head_reason = _choose_head(model, options, checkpoint)
     else:
         head, head_reason = _choose_classifier_head(classifier, options, checkpoint)
+    readout = _readout(resolved, config, canon, classifier, tok, options, getattr(config, "pad_token_id", None))
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, FutureWarning)):
             # a library's own deprecation: not the user's concern; re-issued so the caller's filters decide
@@ -156,6 +175,40 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         notes=tuple(notes),
         classifier=classifier,
         readout_pad_id=readout_pad_id if isinstance(readout_pad_id, int) else None,
+        readout=readout,
+    )
+
+
+def _readout(
+    resolved: Any, config: Any, canon: Any, classifier: str | None, tok: Any, options: ScoreOptions, pad_id: Any
+) -> Readout:
+    """The readout rule and normalisation: ``--readout``, else ``vhtool.json``'s record, else the convention's."""
+    from vhtool.checkpoint.conventions import config_normalization
+
+    manifest = getattr(resolved, "manifest", None)
+    conversion = getattr(manifest, "conversion", None)
+    recorded = getattr(conversion, "readout", None)
+    if canon is not None:
+        convention, rule, normalization = canon.convention, canon.readout, dict(canon.normalization)
+    else:
+        convention = classifier or "vhtool"
+        rule = "last-non-pad" if classifier == "seq-cls" else "last"
+        normalization = config_normalization(config.to_dict())
+        stored = getattr(manifest, "normalization", None)
+        if not normalization and stored:
+            normalization = config_normalization(dict(stored))
+    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    return choose_readout(
+        asked=options.readout,
+        recorded=recorded,
+        convention_rule=rule,
+        convention=convention,
+        normalize=options.normalize,
+        normalization=normalization,
+        eos_id=eos,
+        pad_id=pad_id,
     )
 
 

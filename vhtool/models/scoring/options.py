@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR  # noqa: F401
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR, READOUTS  # noqa: F401
 from vhtool.errors import InputError
 
 DEFAULT_WINDOW = 4096
@@ -37,6 +37,10 @@ class ScoreOptions:
         max_memory: with ``device_map``, a cap per device: ``cpu=200MB,0=20GiB`` or a JSON object
             (see :func:`parse_max_memory`).
         offload_folder: with ``device_map``, where weights offloaded to disk go.
+        readout: where a sequence's score is read (``last``, ``last-non-pad``, ``eos``, ``before-eos``); ``None``:
+            the rule ``vhtool.json`` records, else the checkpoint convention's (see ``docs/conventions.md``).
+        normalize: apply the normalisation the checkpoint records (OpenRLHF's ``normalize_reward``/``mean``/``std``).
+        allow_pickle: read a framework's ``pytorch_model.bin`` (DeepSpeed-Chat, trlx) with the weights-only loader.
     """
 
     head: str | None = None
@@ -53,6 +57,9 @@ class ScoreOptions:
     device_map: str | None = None
     max_memory: str | None = None
     offload_folder: str | None = None
+    readout: str | None = None
+    normalize: bool = True
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -63,6 +70,7 @@ class ScoreOptions:
             "on_error": (self.on_error, ON_ERROR),
             "input_format": (self.input_format, FORMATS),
             "device_map": (self.device_map, (None, *DEVICE_MAPS)),
+            "readout": (self.readout, (None, *READOUTS)),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
