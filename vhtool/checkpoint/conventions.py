@@ -511,14 +511,17 @@ def detect_framework(names: list[str] | set[str], config: dict[str, object] | No
         for prefix in ("rwtransformer.", "rwtranrsformer."):
             if any(k.startswith(prefix) for k in keys):
                 c = TABLE["deepspeed-chat"]
-                legacy = (prefix,) if prefix in c.legacy_backbone else ()
+                legacy: tuple[str, ...] = (prefix,) if prefix in c.legacy_backbone else ()
                 return FrameworkDetected(c, ("v_head.weight",), prefix, "", "reward", c.readout, {}, legacy)
         if any(k.startswith("transformer.") for k in keys):
             c = TABLE["trlx-rm"]
             return FrameworkDetected(c, ("v_head.weight",), "transformer.", "transformer", "reward", c.readout, {}, ())
     cfg = config or {}
     prefix_cfg = cfg.get("value_head_prefix")
-    if role_from_arch is not None or isinstance(prefix_cfg, str) or "normalize_reward" in cfg:
+    transformers_class = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs)
+    if role_from_arch is not None or (
+        not transformers_class and (isinstance(prefix_cfg, str) or "normalize_reward" in cfg)
+    ):
         c = TABLE["openrlhf"]
         head = next(
             (

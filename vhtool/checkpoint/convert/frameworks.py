@@ -273,3 +273,253 @@ __all__ = [
     "mlp_as_linear",
     "read_canon",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ writing
+#: The targets this module writes (the others go through the header-level converter when the source is one of its
+#: conventions; a framework source always comes here).
+FRAMEWORK_TARGETS = ("openrlhf", "deepspeed-chat", "trlx", "vhtool", "seq-cls", "token-cls")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_target` put in the folder."""
+
+    files: list[tuple[str, str]]  # (file name, "safetensors" | "pickle")
+    head: tuple[str, ...]
+    config: dict[str, Any]
+    lost: list[str]
+    warnings: list[str]
+    notes: list[str]
+
+
+def _causal_arch(config: Mapping[str, Any]) -> list[str] | None:
+    from vhtool.checkpoint.convert.naming import target_architecture
+
+    arch = target_architecture(dict(config), "vhtool")
+    return [arch] if arch else None
+
+
+def _lm_head(canon: Canon, *, to: str) -> dict[str, torch.Tensor]:
+    """The causal LM head a trlx/vhtool target needs: the source's, or the tied embedding's copy."""
+    from vhtool.checkpoint.conventions import ties_embeddings
+
+    if canon.lm_head:
+        return dict(canon.lm_head)
+    if ties_embeddings(canon.config):
+        return {}  # tied: transformers re-ties lm_head.weight to the embedding on load
+    raise InputError(
+        f"--to {to} is a causal LM with a value head, and the source has no LM head (tie_word_embeddings is false)."
+    )
+
+
+def write_target(
+    canon: Canon, tmp: Path, *, to: str, role: str, allow_lossy: bool, head_name: str | None = None
+) -> Written:
+    """Writes ``canon`` into ``tmp`` in the ``to`` convention (files, ``config.json``); returns what it wrote.
+
+    Raises:
+        InputError: a non-linear trlx head to a linear target, a non-zero bias a bias-less head cannot hold
+            (without ``allow_lossy``), an LM head the target needs and the source lacks.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from vhtool.checkpoint.convert.naming import default_head_name, target_architecture
+
+    lost: list[str] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+    config = dict(canon.config)
+    for key in ("normalize_reward", "mean", "std", "value_head_prefix", "end_token_id", "auto_map"):
+        config.pop(key, None)
+    base = canon.base
+    state: dict[str, torch.Tensor] = {}
+    if to == "trlx":
+        head_t = dict(canon.head) if canon.mlp else linear_as_mlp(canon.head["weight"], canon.head.get("bias"))
+        if not canon.mlp:
+            notes.append("the linear head is written as trlx's MLP [I; -I] -> ReLU -> [w, -w] (exact, nothing lost)")
+        lm = _lm_head(canon, to=to)
+        state.update({f"base_model.{base}.{k}": v for k, v in canon.backbone.items()})
+        if not lm:  # trlx's state_dict lists the tied LM head under its own name too (strict load needs it)
+            emb = next(v for k, v in canon.backbone.items() if k.endswith(("wte.weight", "embed_tokens.weight")))
+            lm = {"lm_head.weight": emb}
+        state.update({f"base_model.{k}": v for k, v in lm.items()})
+        state.update({f"v_head.{k}": v for k, v in head_t.items()})
+        head = tuple(f"v_head.{k}" for k in head_t)
+        config["architectures"] = _causal_arch(canon.config)
+    else:
+        weight, bias = linear_head(canon, what=f"--to {to}")
+        b = bias_value(bias)
+        keeps_bias = to in ("vhtool", "token-cls")
+        if bias is not None and not keeps_bias and b != 0.0:
+            if not allow_lossy:
+                raise InputError(
+                    f"the head's bias is {b:g} and --to {to} has a head without bias: every reward would shift by "
+                    "it; pass --allow-lossy to drop it (recorded), or convert --to token-cls, which keeps it."
+                )
+            lost.append(f"head bias = {b:g}")
+            warnings.append(f"dropped the head's bias {b:g}: rewards shift by that constant")
+        w = weight.reshape(1, -1)
+        if to == "openrlhf":
+            state.update({f"{base}.{k}": v for k, v in canon.backbone.items()})
+            state["score.weight"] = w
+            head = ("score.weight",)
+            config["architectures"] = ["RewardModel" if role == "reward" else "CriticModel"]
+            config["value_head_prefix"] = "score"
+            norm = canon.normalization
+            config["normalize_reward"] = bool(norm.get("normalize_reward"))
+            if norm.get("normalize_reward"):
+                config["mean"], config["std"] = norm["mean"], norm["std"]
+            config["use_cache"] = False
+            for key in ("id2label", "label2id", "num_labels"):
+                config.pop(key, None)
+        elif to == "deepspeed-chat":
+            state.update({f"rwtransformer.{k}": v for k, v in canon.backbone.items()})
+            state["v_head.weight"] = w
+            head = ("v_head.weight",)
+            config["architectures"] = _causal_arch(canon.config)
+            eos = config.get("eos_token_id")
+            config["end_token_id"] = eos
+            config["pad_token_id"] = eos  # model_utils.py:111
+            for key in ("id2label", "label2id", "num_labels"):
+                config.pop(key, None)
+            rows = next((int(v.shape[0]) for k, v in canon.backbone.items() if k.endswith("embed_tokens.weight")), 0)
+            if rows % 8:
+                notes.append(
+                    f"the embedding has {rows} rows; DeepSpeed-Chat resizes it to a multiple of 8 of the tokenizer's "
+                    "length before loading, so keep the tokenizer that matches"
+                )
+        elif to == "vhtool":
+            lm = _lm_head(canon, to=to)
+            state.update({f"{base}.{k}": v for k, v in canon.backbone.items()})
+            state.update(lm)
+            state["v_head.summary.weight"] = w
+            state["v_head.summary.bias"] = (bias if bias is not None else torch.zeros(1, dtype=w.dtype)).reshape(1)
+            head = ("v_head.summary.weight", "v_head.summary.bias")
+            config["architectures"] = _causal_arch(canon.config)
+        else:  # seq-cls, token-cls
+            name = head_name or default_head_name(config, to, {})
+            state.update({f"{base}.{k}": v for k, v in canon.backbone.items()})
+            state[f"{name}.weight"] = w
+            head = (f"{name}.weight",)
+            if to == "token-cls":
+                state[f"{name}.bias"] = (bias if bias is not None else torch.zeros(1, dtype=w.dtype)).reshape(1)
+                head = (*head, f"{name}.bias")
+            arch = target_architecture(dict(canon.config), to)
+            if arch is None:
+                raise InputError(f"cannot name the {to} class of model_type {canon.config.get('model_type')!r}.")
+            config["architectures"] = [arch]
+            config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+            config.pop("num_labels", None)
+            if canon.normalization.get("normalize_reward"):  # kept for OpenRLHF, which reads it from config.json
+                config.update({k: canon.normalization[k] for k in ("normalize_reward", "mean", "std")})
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    if to in ("deepspeed-chat", "trlx"):
+        from vhtool.checkpoint.catalogue import PICKLE_FILE
+
+        torch.save(state, tmp / PICKLE_FILE)
+        notes.append(
+            f"wrote {PICKLE_FILE} (plain tensors, readable with weights_only=True): {TABLE[to].framework}'s loader "
+            "reads nothing else"
+        )
+        files = [(PICKLE_FILE, "pickle")]
+    else:
+        from vhtool.checkpoint.catalogue import SINGLE_FILE
+
+        save_file(state, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+        files = [(SINGLE_FILE, "safetensors")]
+    if canon.normalization.get("normalize_reward") and to not in ("openrlhf", "seq-cls", "token-cls"):
+        warnings.append(
+            f"{to} has no place for the normalisation (r - {canon.normalization['mean']:g}) / "
+            f"{canon.normalization['std']:g}: vhtool.json records it (vhtool score applies it), "
+            f"{TABLE[to].framework} will not"
+        )
+    src_rule, dst_rule = canon.readout, readout_for(to, role) if to in TABLE else canon.readout
+    if src_rule != dst_rule:
+        notes.append(
+            f"{to} reads a {role} at rule {dst_rule}, {canon.convention} at {src_rule}: vhtool.json records "
+            f"{src_rule} so `vhtool score` still gives {canon.convention}'s number; {TABLE[to].framework} itself "
+            f"will read {dst_rule}"
+        )
+    return Written(files=files, head=head, config=config, lost=lost, warnings=warnings, notes=notes)
+
+
+def needs_framework_path(src: Path, *, to: str, source: str, config_from: Path | None) -> bool:
+    """Whether ``convert`` goes through this module: a framework target or source, pickles, or a bare state dict."""
+    from vhtool.checkpoint.layout import open_checkpoint
+    from vhtool.checkpoint.pickle_src import weight_files
+
+    if to in ("openrlhf", "deepspeed-chat", "trlx") or config_from is not None:
+        return True
+    if source not in ("auto", "vhtool", "sidecar", "seq-cls", "token-cls"):
+        return True
+    try:
+        fmt, _ = weight_files(src)
+        if fmt == "pickle":
+            return True
+        ckpt = open_checkpoint(src)
+    except InputError:
+        return False  # the header-level converter reports what is wrong
+    return detect_framework(set(ckpt.tensors), ckpt.config) is not None
+
+
+def convert_framework(
+    src: Path,
+    out: Path,
+    *,
+    to: str,
+    source: str,
+    role: str | None,
+    allow_pickle: bool,
+    config_from: Path | None,
+    allow_lossy: bool,
+    head_name: str | None,
+    force: bool,
+    durable: bool,
+) -> tuple[Canon, Written, list[Any], str]:
+    """``convert`` through the canonical form: read ``src``, write ``to`` into ``out`` (atomically, with a manifest).
+
+    Returns:
+        the source read, what was written, the file records and the role.
+    """
+    import shutil
+
+    from vhtool.checkpoint.atomic import atomic_output_dir
+    from vhtool.checkpoint.catalogue import CONFIG_FILE, init_copies
+    from vhtool.checkpoint.copyio import FileRecord, hash_file
+    from vhtool.checkpoint.layout import safe_member
+    from vhtool.checkpoint.manifest import ConversionInfo, Manifest, SourceInfo, files_section, write_manifest
+
+    if to == "sidecar":
+        raise InputError(f"{src}: --to sidecar reads vhtool's own conventions only; convert --to vhtool instead.")
+    canon = read_canon(src, allow_pickle=allow_pickle, config_from=config_from, source=source, role=role)
+    the_role = role or canon.role
+    with atomic_output_dir(out, force=force, durable=durable, inputs=[src]) as tmp:
+        for p in sorted(src.iterdir()):
+            if p.is_file() and init_copies(p.name) and p.name != CONFIG_FILE:
+                shutil.copyfile(safe_member(src, p.name, "a source file"), tmp / p.name)
+        written = write_target(canon, tmp, to=to, role=the_role, allow_lossy=allow_lossy, head_name=head_name)
+        import json
+
+        (tmp / CONFIG_FILE).write_text(json.dumps(written.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        records = [
+            FileRecord(name, (tmp / name).stat().st_size, hash_file(tmp / name), "written")
+            for name, _ in written.files
+        ]
+        manifest = Manifest.new(
+            role=the_role,
+            architecture="causal",
+            source=SourceInfo(model=str(src.resolve()), convention=canon.convention),
+            conversion=ConversionInfo(
+                source=canon.convention,
+                target=to,
+                source_head=tuple(sorted(canon.head)),
+                lost=tuple(written.lost),
+                readout=canon.readout,
+            ),
+            files=files_section(records),
+            normalization=dict(canon.normalization) or None,
+        )
+        write_manifest(tmp, manifest)
+    return canon, written, records, the_role

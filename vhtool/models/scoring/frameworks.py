@@ -62,7 +62,7 @@ def build_model(canon: Canon, dtype: Any) -> Any:
         raise InputError("config.json has no model_type; cannot build the backbone.")
     config = AutoConfig.for_model(model_type, **cfg_dict)
     config.use_cache = False
-    backbone = AutoModel.from_config(config, dtype=dtype)
+    backbone = AutoModel.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
     missing, unexpected = backbone.load_state_dict(canon.backbone, strict=False)
     # non-persistent buffers (causal masks) are not in a state dict; anything else missing is a random layer
     persistent = {n for n, _ in backbone.named_parameters()} | set(backbone.state_dict())

@@ -122,7 +122,7 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
             notes.append("the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored.")
         dtype = torch_dtype(options.dtype, config)
         if canon is not None:
-            model, caught = build_model(canon, dtype), []
+            model, caught = build_model(canon, dtype), list[warnings.WarningMessage]()
             notes.extend(canon.notes)
         elif classifier is None:
             model, caught = _load_model(checkpoint, options, dtype)
@@ -194,9 +194,9 @@ def _readout(
         convention = classifier or "vhtool"
         rule = "last-non-pad" if classifier == "seq-cls" else "last"
         normalization = config_normalization(config.to_dict())
-        stored = getattr(manifest, "normalization", None)
-        if not normalization and stored:
-            normalization = config_normalization(dict(stored))
+    stored = getattr(manifest, "normalization", None)
+    if not normalization and stored:  # a target that cannot hold it (DeepSpeed-Chat, trlx): vhtool.json has it
+        normalization = config_normalization(dict(stored))
     eos = getattr(tok, "eos_token_id", None) if tok is not None else None
     if eos is None:
         eos = getattr(config, "eos_token_id", None)
