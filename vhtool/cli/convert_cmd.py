@@ -39,8 +39,6 @@ EXAMPLES = examples(
     "vhtool convert policy --to seq-cls",
     "vhtool convert policy-seq-cls --to vhtool -o policy-again",
     "vhtool convert policy --to token-cls --head-name score --json",
-    "vhtool convert openrlhf-rm --to deepspeed-chat -o ds-rm",
-    "vhtool convert ds-rm --allow-pickle --to openrlhf -o orlhf-rm",
 )
 
 

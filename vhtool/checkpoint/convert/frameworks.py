@@ -461,7 +461,12 @@ def needs_framework_path(src: Path, *, to: str, source: str, config_from: Path |
         ckpt = open_checkpoint(src)
     except InputError:
         return False  # the header-level converter reports what is wrong
-    return detect_framework(set(ckpt.tensors), ckpt.config) is not None
+    fw = detect_framework(set(ckpt.tensors), ckpt.config)
+    if fw is None:
+        return False
+    # OpenRLHF and verl keep transformers' own backbone names: between them and vhtool's conventions the
+    # header-level converter renames the head only and streams the rest (it records their readout too)
+    return fw.convention.name not in ("openrlhf", "verl") or source != "auto" or to not in ("vhtool", "sidecar")
 
 
 def convert_framework(

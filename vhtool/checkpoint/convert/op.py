@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
-from vhtool.checkpoint.conventions import TABLE, detect_convention, readout_for
+from vhtool.checkpoint.conventions import TABLE, detect_convention, detect_framework, readout_for
 from vhtool.checkpoint.convert.adopt import adopt_checkpoint
 from vhtool.checkpoint.convert.frameworks import convert_framework, needs_framework_path
 from vhtool.checkpoint.convert.naming import CLASSIFIER_TARGETS, HEAD_NAMES, TARGETS
@@ -278,11 +278,18 @@ def _manifest(
             lost=tuple(plan.lost),
             dropped_untrained=tuple(plan.dropped_untrained) or None,
             # the source's rule, so that `score` reads the converted head where the source was read
-            readout=readout_for(plan.det.convention, role or TABLE[plan.det.convention].role),
+            readout=_source_readout(ckpt, plan.det.convention, role),
         ),
         files=files_section(records),
         normalization=plan.normalization or None,
     )
+
+
+def _source_readout(ckpt: Checkpoint, convention: str, role: str | None) -> str:
+    """The readout rule of the source: its framework's (OpenRLHF, verl) when it is one, else its convention's."""
+    fw = detect_framework(set(ckpt.tensors), ckpt.config)
+    name = fw.convention.name if fw is not None else convention
+    return readout_for(name, role or (fw.role if fw is not None else TABLE[name].role))
 
 
 __all__ = ["ConvertResult", "convert_checkpoint"]

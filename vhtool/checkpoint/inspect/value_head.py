@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vhtool.checkpoint.conventions import TABLE, classifier_kind, detect_framework, find_heads, readout_for
+from vhtool.checkpoint.conventions import detect_framework, find_heads
 from vhtool.checkpoint.inspect.model import ValueHeadReport
 from vhtool.checkpoint.layout import Checkpoint
 from vhtool.checkpoint.safetensors_io import FLOAT_DTYPES
@@ -22,11 +22,6 @@ def value_head_report(ckpt: Checkpoint, hidden: int | None) -> ValueHeadReport:
         problems.append(str(exc))
     if fw is not None:
         notes.append(f"convention {fw.describe()}")
-    elif heads:
-        conv = heads[0].convention
-        name = {"vhtool": "vhtool", "sidecar": "sidecar"}.get(conv) or classifier_kind(ckpt.config, heads[0])
-        if name in TABLE:
-            notes.append(f"convention {name}: readout {readout_for(name, TABLE[name].role)}, normalisation none")
     docs = tuple(
         {
             "convention": h.convention,
