@@ -10,8 +10,15 @@ from __future__ import annotations
 LINK_MODES = ("auto", "copy", "reflink", "hardlink", "symlink")
 #: Value-head initialisations (``init --v-head-init``).
 INIT_STRATEGIES = ("random", "normal")
-#: Value-head conventions ``convert`` reads and writes (``convert --to``).
-CONVENTIONS = ("vhtool", "sidecar", "seq-cls", "token-cls")
+#: Value-head conventions ``convert`` reads and writes (``convert --to``); the table is
+#: :data:`vhtool.checkpoint.conventions.TABLE` (``verl`` and ``trlx-rm`` are read, not written).
+CONVENTIONS = ("vhtool", "sidecar", "seq-cls", "token-cls", "openrlhf", "deepspeed-chat", "trlx")
+#: Every convention detection names (``convert --from``): the targets plus the read-only ones.
+SOURCE_CONVENTIONS = ("auto", *CONVENTIONS, "verl", "trlx-rm")
+#: Where a sequence's reward is read (``score --readout``); see :mod:`vhtool.models.scoring.readout`.
+READOUTS = ("last", "last-non-pad", "eos", "before-eos")
+#: What a converted checkpoint is (``convert --role``).
+ROLES = ("reward", "critic")
 #: Classifier heads' tensor names (``convert --head-name``).
 HEAD_NAMES = ("score", "value_head", "classifier")
 #: ``score`` options.

@@ -434,8 +434,10 @@ class ConversionInfo(_Section):
     lost: tuple[str, ...] | None = None
     #: Dropped without loss: e.g. the random bias of a value head never trained (see ``convert``'s critic rule).
     dropped_untrained: tuple[str, ...] | None = None
+    #: Where ``score`` reads the reward, as the source framework read it (see ``docs/conventions.md``).
+    readout: str | None = None
 
-    _KEYS: ClassVar[tuple[str, ...]] = ("from", "to", "source_head", "lost", "dropped_untrained")
+    _KEYS: ClassVar[tuple[str, ...]] = ("from", "to", "source_head", "lost", "dropped_untrained", "readout")
 
     @classmethod
     def from_json(cls, value: object, *, where: str) -> ConversionInfo:
@@ -447,6 +449,7 @@ class ConversionInfo(_Section):
             source_head=_opt_strs(doc, "source_head", where),
             lost=_opt_strs(doc, "lost", where),
             dropped_untrained=_opt_strs(doc, "dropped_untrained", where),
+            readout=_opt_str(doc, "readout", where),
             **cls._meta(doc),
         )
 
@@ -459,6 +462,7 @@ class ConversionInfo(_Section):
                 ("source_head", _json(self.source_head)),
                 ("lost", _json(self.lost)),
                 ("dropped_untrained", _json(self.dropped_untrained)),
+                ("readout", self.readout),
             ]
         )
 

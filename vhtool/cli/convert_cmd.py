@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vhtool.choices import CONVENTIONS, HEAD_NAMES
+from vhtool.choices import CONVENTIONS, HEAD_NAMES, ROLES, SOURCE_CONVENTIONS
 from vhtool.cli.common import (
     Choice,
     ForceOpt,
@@ -25,9 +26,13 @@ from vhtool.cli.common import (
 if TYPE_CHECKING:
     Target = Choice
     HeadName = Choice
+    Source = Choice
+    Role = Choice
 else:
     Target = choice_enum("Target", CONVENTIONS)  # convert.TARGETS is CONVENTIONS
     HeadName = choice_enum("HeadName", HEAD_NAMES)
+    Source = choice_enum("Source", SOURCE_CONVENTIONS)
+    Role = choice_enum("Role", ROLES)
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2 --v-head-init normal -o policy",
@@ -53,8 +58,8 @@ def convert_command(
             "--to",
             help=(
                 "Target convention: vhtool (v_head.summary.* inline, TRL), sidecar (value_head.safetensors, "
-                "LLaMA-Factory), seq-cls or token-cls (HF ...ForSequence/TokenClassification with num_labels=1, "
-                "OpenRLHF, verl)."
+                "LLaMA-Factory), seq-cls or token-cls (HF ...ForSequence/TokenClassification with num_labels=1), "
+                "openrlhf, deepspeed-chat, trlx. See docs/conventions.md."
             ),
             show_default=False,
         ),
@@ -83,6 +88,34 @@ def convert_command(
         bool,
         typer.Option("--allow-lossy", help="Drop a non-zero bias the target cannot hold (recorded in vhtool.json)."),
     ] = False,
+    source_convention: Annotated[
+        Source,
+        typer.Option(
+            "--from",
+            help="SRC's convention (auto: detected from its tensor names and config; a contradiction is refused).",
+        ),
+    ] = Source("auto"),
+    role: Annotated[
+        Role | None,
+        typer.Option(
+            "--role",
+            help="What the output is: reward or critic (default: the source convention's).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="Read a pytorch_model.bin source with torch's weights-only loader."),
+    ] = False,
+    config_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-from",
+            metavar="MODEL",
+            help="A model folder whose config.json describes SRC (a bare state dict such as trlx's summarisation RM).",
+            show_default=False,
+        ),
+    ] = None,
     no_fsync: NoFsyncOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -110,7 +143,7 @@ def convert_command(
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    source = resolve_source(src)
+    source = resolve_source(src, allow_pickle=allow_pickle)
     target = output if output is not None else default_out(source.name_path, to.value)
     with ExitStack() as stack:
         factory = stack.enter_context(out.progress("converting"))
@@ -124,6 +157,10 @@ def convert_command(
             force=force,
             progress_factory=factory,
             durable=not no_fsync,
+            source=source_convention.value,
+            role=None if role is None else role.value,
+            allow_pickle=allow_pickle,
+            config_from=None if config_from is None else config_from.expanduser(),
         )
     for warning in result.warnings:
         out.warn(warning)

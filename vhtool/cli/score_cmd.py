@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR, READOUTS
 from vhtool.cli.common import (
     AllowMissingOpt,
     Choice,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     OnError = Choice
     InputFormat = Choice
     DeviceMap = Choice
+    ReadoutRule = Choice
 else:
     Head = choice_enum("Head", HEADS)
     Join = choice_enum("Join", JOIN_MODES)
@@ -42,6 +43,7 @@ else:
     OnError = choice_enum("OnError", ON_ERROR)
     InputFormat = choice_enum("InputFormat", FORMATS)
     DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
+    ReadoutRule = choice_enum("ReadoutRule", READOUTS)
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2",
@@ -264,6 +266,29 @@ def score_command(
             show_default=False,
         ),
     ] = None,
+    readout: Annotated[
+        ReadoutRule | None,
+        typer.Option(
+            "--readout",
+            help=(
+                "Which token a sequence's score is read at: last, last-non-pad (transformers' classifiers), eos "
+                "(the sequence ends with EOS, OpenRLHF), before-eos (DeepSpeed-Chat, trlx's RM). Default: the rule "
+                "vhtool.json records, else the checkpoint convention's (docs/conventions.md)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    no_normalize: Annotated[
+        bool,
+        typer.Option("--no-normalize", help="Skip the normalisation the checkpoint records (OpenRLHF mean/std)."),
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Read a framework's pytorch_model.bin (DeepSpeed-Chat, trlx) with torch's weights-only loader.",
+        ),
+    ] = False,
     dist_timeout: Annotated[
         float,
         typer.Option(
@@ -322,6 +347,9 @@ def score_command(
         max_memory=max_memory,
         offload_folder=offload_folder,
         allow_missing=allow_missing,
+        readout=None if readout is None else readout.value,
+        normalize=not no_normalize,
+        allow_pickle=allow_pickle,
     )
     if input_file is not None and text:
         raise InputError("give --input or --text, not both.")

@@ -11,8 +11,9 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.catalogue import CONFIG_FILE
-from vhtool.checkpoint.conventions import detect_convention
+from vhtool.checkpoint.conventions import TABLE, detect_convention, detect_framework, readout_for
 from vhtool.checkpoint.convert.adopt import adopt_checkpoint
+from vhtool.checkpoint.convert.frameworks import convert_framework, needs_framework_path
 from vhtool.checkpoint.convert.naming import CLASSIFIER_TARGETS, HEAD_NAMES, TARGETS
 from vhtool.checkpoint.convert.plan import Plan, plan_conversion
 from vhtool.checkpoint.convert.weights import write_index, write_weights
@@ -29,6 +30,7 @@ from vhtool.checkpoint.manifest import (
 )
 from vhtool.checkpoint.target import check_output_target
 from vhtool.checkpoint.writer import write_safetensors
+from vhtool.choices import ROLES
 from vhtool.errors import InputError
 
 #: Conventions a checkpoint saved without vhtool.json is adopted into by converting it to its own convention.
@@ -84,6 +86,10 @@ def convert_checkpoint(
     force: bool = False,
     progress_factory: Callable[[int], Progress] | None = None,
     durable: bool = True,
+    source: str = "auto",
+    role: str | None = None,
+    allow_pickle: bool = False,
+    config_from: Path | None = None,
 ) -> ConvertResult:
     """Writes ``src`` in the ``to`` convention into ``out`` (a temporary sibling renamed into place).
 
@@ -98,6 +104,10 @@ def convert_checkpoint(
         force: replace ``out`` if it exists.
         progress_factory: called with the total bytes, returns a callback taking byte counts.
         durable: fsync before the final rename.
+        source: the source's convention (``--from``), or ``auto`` (detected; a contradiction is refused).
+        role: ``reward`` or ``critic`` (``--role``); default: the source convention's.
+        allow_pickle: read a ``pytorch_model.bin`` source with the weights-only loader.
+        config_from: a model folder whose ``config.json`` describes a bare state dict (trlx's summarisation RM).
 
     Raises:
         InputError: unknown target or head name, no head or several heads in ``src``, ``src`` already in
@@ -107,6 +117,38 @@ def convert_checkpoint(
     started = time.perf_counter()
     _check_arguments(to=to, head_name=head_name, pad_token_id=pad_token_id)
     out = check_output_target(out, force=force, inputs=[src])
+    if role is not None and role not in ROLES:
+        raise InputError(f"unknown --role {role!r}; choose reward or critic.")
+    if needs_framework_path(src, to=to, source=source, config_from=config_from):
+        canon, written, records, the_role = convert_framework(
+            src,
+            out,
+            to=to,
+            source=source,
+            role=role,
+            allow_pickle=allow_pickle,
+            config_from=config_from,
+            allow_lossy=allow_lossy,
+            head_name=head_name,
+            force=force,
+            durable=durable,
+        )
+        archs = written.config.get("architectures")
+        return ConvertResult(
+            out=out,
+            source_convention=canon.convention,
+            target=to,
+            head_tensors=written.head,
+            head_file=written.files[0][0],
+            layout="single-file",
+            architectures=tuple(a for a in archs if isinstance(a, str)) if isinstance(archs, list) else (),
+            files=records,
+            lost=written.lost,
+            normalization=dict(canon.normalization),
+            seconds=time.perf_counter() - started,
+            warnings=written.warnings,
+            notes=[*canon.notes, *written.notes, f"role {the_role}, readout {canon.readout} recorded in vhtool.json"],
+        )
     ckpt = open_checkpoint(src)
     det = detect_convention(ckpt)
     if ckpt.is_encoder_decoder and to in CLASSIFIER_TARGETS:
@@ -160,7 +202,9 @@ def convert_checkpoint(
         layout = "sharded" if ckpt.sharded else "single-file"
         if ckpt.sharded:
             write_index(tmp, ckpt, weight_map)
-        write_manifest(tmp, _manifest(ckpt, plan, to=to, records=records, head_file=head_file, layout=layout))
+        write_manifest(
+            tmp, _manifest(ckpt, plan, to=to, records=records, head_file=head_file, layout=layout, role=role)
+        )
 
     archs = plan.config.get("architectures")
     return ConvertResult(
@@ -192,7 +236,14 @@ def _check_arguments(*, to: str, head_name: str | None, pad_token_id: int | None
 
 
 def _manifest(
-    ckpt: Checkpoint, plan: Plan, *, to: str, records: list[FileRecord], head_file: str, layout: str
+    ckpt: Checkpoint,
+    plan: Plan,
+    *,
+    to: str,
+    records: list[FileRecord],
+    head_file: str,
+    layout: str,
+    role: str | None = None,
 ) -> Manifest:
     """The output's ``vhtool.json``: a fresh policy manifest recording the source, the head and what was lost."""
     src_manifest = ckpt.manifest
@@ -211,7 +262,7 @@ def _manifest(
     )
     return Manifest.new(
         # a classifier with one output computing the value is a critic (what PPO trainers load as value_model)
-        role="critic" if to in CLASSIFIER_TARGETS else "policy",
+        role=role or ("critic" if to in CLASSIFIER_TARGETS else "policy"),
         architecture="seq2seq" if ckpt.is_encoder_decoder else "causal",
         source=SourceInfo(
             model=str(ckpt.path.resolve()),
@@ -227,10 +278,19 @@ def _manifest(
             source_head=(head.weight, *([head.bias] if head.bias else [])),
             lost=tuple(plan.lost),
             dropped_untrained=tuple(plan.dropped_untrained) or None,
+            # the source's rule, so that `score` reads the converted head where the source was read
+            readout=_source_readout(ckpt, plan.det.convention, role),
         ),
         files=files_section(records),
         normalization=plan.normalization or None,
     )
+
+
+def _source_readout(ckpt: Checkpoint, convention: str, role: str | None) -> str:
+    """The readout rule of the source: its framework's (OpenRLHF, verl) when it is one, else its convention's."""
+    fw = detect_framework(set(ckpt.tensors), ckpt.config)
+    name = fw.convention.name if fw is not None else convention
+    return readout_for(name, role or (fw.role if fw is not None else TABLE[name].role))
 
 
 __all__ = ["ConvertResult", "convert_checkpoint"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from vhtool.checkpoint.conventions import find_heads
+from vhtool.checkpoint.conventions import detect_framework, find_heads
 from vhtool.checkpoint.inspect.model import ValueHeadReport
 from vhtool.checkpoint.layout import Checkpoint
 from vhtool.checkpoint.safetensors_io import FLOAT_DTYPES
+from vhtool.errors import InputError
 
 
 def value_head_report(ckpt: Checkpoint, hidden: int | None) -> ValueHeadReport:
@@ -13,6 +14,14 @@ def value_head_report(ckpt: Checkpoint, hidden: int | None) -> ValueHeadReport:
     heads = find_heads(ckpt)
     problems: list[str] = []
     notes: list[str] = []
+    # the convention as a whole (docs/conventions.md): which framework, where it reads the reward, normalisation
+    try:
+        fw = detect_framework(set(ckpt.tensors), ckpt.config)
+    except InputError as exc:
+        fw = None
+        problems.append(str(exc))
+    if fw is not None:
+        notes.append(f"convention {fw.describe()}")
     docs = tuple(
         {
             "convention": h.convention,

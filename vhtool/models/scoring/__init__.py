@@ -10,6 +10,8 @@ How it is fast:
 * right-padded batches run without an attention mask, and only the **backbone** runs, never the LM head
   (:mod:`.engine`); ``torch.inference_mode``, no KV cache, a compute dtype of the user's choice (:mod:`.load`).
 
+What is scored: a value-head checkpoint (value head or reward adapter), or a transformers sequence-classification
+reward model / token-classification critic with one label (read as transformers reads it, :mod:`.engine`).
 Only causal LMs are scored: for an encoder-decoder there is no single honest answer to "the score of a
 text" (what goes to the decoder?), so those are refused. Under torchrun the ranks share the planned batches
 (:mod:`.distributed`, over the process-group exchange of :mod:`.ranks`).

@@ -8,6 +8,11 @@ Only the **backbone** runs (``getattr(model, model.base_model_prefix)``, e.g. ``
 (``batch x seq x vocab``; ~30% of GPT-2's forward FLOPs) are never computed. At load time a short self-check
 compares the backbone's output with the hidden state vhtool's own forward gives the value head (the LM head's
 input); if they differ for some architecture the engine falls back to the full forward and says so.
+
+A plain transformers classifier with one label (``…ForSequenceClassification``, the form most reward models
+take, or a ``…ForTokenClassification`` critic) runs the same way: its backbone, then its own ``score`` (or
+``classifier``) head. A sequence classifier's score is read where transformers reads it (the rightmost token
+that is not the config's ``pad_token_id``, see :meth:`Scorer.readout_index`), so it equals the model's logits.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from vhtool.errors import OperationError
 from vhtool.models.scoring.inputs import InputItem
-from vhtool.models.scoring.load import load_for_scoring
+from vhtool.models.scoring.load import base_model, head_module, load_for_scoring
 from vhtool.models.scoring.options import ScoreOptions
 from vhtool.models.scoring.prepare import Prepared, RecordPreparer
 
@@ -28,7 +34,8 @@ class Scorer:
     """A checkpoint loaded for scoring: tokenizer, model, the chosen head and the fast backbone path.
 
     Args:
-        checkpoint: a vhtool (or TRL) value-head checkpoint: local directory, Hub id or ``builtin:*``.
+        checkpoint: a vhtool (or TRL) value-head checkpoint, or a transformers sequence-classification reward
+            model / token-classification critic (one label): local directory, Hub id or ``builtin:*``.
         options: see :class:`~vhtool.models.scoring.options.ScoreOptions`.
         local_rank: under torchrun, this process's GPU (``LOCAL_RANK``): CUDA scoring uses ``cuda:<local_rank>``.
 
@@ -58,7 +65,13 @@ class Scorer:
         self.head = loaded.head
         self.head_reason = loaded.head_reason
         self.join = loaded.join
+        self.classifier = loaded.classifier
+        self.readout_pad_id = loaded.readout_pad_id
+        #: where each sequence's score is read, and its normalisation (see :mod:`vhtool.models.scoring.readout`)
+        self.readout = loaded.readout
         self.notes: list[str] = list(loaded.notes)
+        if self.readout is not None and self.readout.worth_a_note:
+            self.notes.append(self.readout.describe())
         self.preparer = RecordPreparer(
             tokenizer=loaded.tokenizer,
             join=loaded.join,
@@ -72,11 +85,17 @@ class Scorer:
 
     def prepare(self, items: Sequence[InputItem]) -> list[Prepared]:
         """Turns a window of records into token ids (one tokenizer call for all texts), validating each."""
-        return self.preparer.prepare(items)
+        prepared = self.preparer.prepare(items)
+        if self.readout is not None:
+            limit = self.options.max_length or self.max_positions
+            for p in prepared:
+                if p.error is None and p.ids is not None:
+                    p.ids = self.readout.prepare(p.ids, limit=limit)
+        return prepared
 
     # ------------------------------------------------------------------ the fast path and its self-check
     def _setup_forward(self, torch: Any) -> None:
-        pm = self.model.pretrained_model
+        pm = base_model(self.model)
         inner = pm.get_base_model() if hasattr(pm, "get_base_model") else pm
         prefix = getattr(inner, "base_model_prefix", "") or ""
         backbone = getattr(inner, prefix, None) if prefix else None
@@ -85,6 +104,9 @@ class Scorer:
         self._takes_positions = "position_ids" in params
         self._takes_use_cache = "use_cache" in params
         self.forward_kind = "backbone"
+        if self.classifier is not None:
+            self._check_classifier(torch)
+            return
         if self.head == "reward":
             return  # reward.compute_reward_score runs the backbone (or, lacking one, the LM head's input) itself
         if self.backbone is None:
@@ -105,12 +127,57 @@ class Scorer:
                 "running the full forward (slower)."
             )
 
+    def _check_classifier(self, torch: Any) -> None:
+        """A classifier's backbone + head must give its own logits (read where transformers reads them); else fail.
+
+        There is no slower path to fall back on for a sequence classifier (its forward gives one pooled number,
+        not the per-token outputs the engine reads from), so a mismatch is an error, not a note.
+        """
+        if self.backbone is None:
+            raise OperationError(f"{type(self.model).__name__}: no backbone module found; cannot score it.")
+        n = min(7, self.max_positions or 7)
+        ids = torch.arange(1, n + 1, device=self.device).unsqueeze(0) % self.vocab_rows
+        with torch.inference_mode():
+            fast = self._head_outputs(ids, None, kind="backbone").float()
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        if self.classifier == "seq-cls":
+            fast = fast[:, self.readout_index(ids[0].tolist())]
+            ref = logits[:, 0]
+        else:
+            ref = logits[..., 0]
+        tol = 1e-4 if self.compute_dtype == "float32" else 2e-2
+        if fast.shape != ref.shape or not torch.allclose(fast, ref, atol=tol, rtol=tol):
+            raise OperationError(
+                f"{type(self.model).__name__}: its backbone and head do not reproduce the model's own logits; "
+                "vhtool cannot score this architecture as a classifier."
+            )
+
+    def readout_index(self, seq: Sequence[int]) -> int:
+        """Where a sequence's score is read, as a position in ``seq`` (unpadded).
+
+        The last token, except for a sequence classifier: there, as transformers' ``…ForSequenceClassification``
+        does, the rightmost token whose id is not the config's ``pad_token_id`` (0 when all are; the last token
+        when the config has none). A text that ends in its pad token (GPT-2's eos, say) is read before it.
+        """
+        pad = self.readout_pad_id
+        if self.classifier != "seq-cls" or pad is None:
+            return len(seq) - 1
+        return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad), 0)
+
     def _head_outputs(self, ids: Any, mask: Any, *, kind: str) -> Any:
         """Per-token head outputs ``(batch, seq)`` for the chosen head, by the fast (backbone) or full path."""
         import torch
 
         pos = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
         model = self.model
+        if self.classifier is not None:
+            hidden = self._backbone_hidden(ids, mask, pos)
+            head = head_module(model)
+            head_dev = next(head.parameters()).device
+            if hidden.device != head_dev:
+                hidden = hidden.to(head_dev)
+            logits: torch.Tensor = head(hidden)[..., 0]
+            return logits
         if self.head == "reward":
             return self._reward_outputs(ids, mask, pos)
         if kind == "full":
@@ -165,7 +232,17 @@ class Scorer:
         needs_mask = self.padding_side == "left" and any(len(s) < width for s in seqs)
         with torch.inference_mode():
             out = self._head_outputs(ids, mask if needs_mask else None, kind=self.forward_kind).float()
-            last = last_token_index(mask)
+            if self.readout is not None:  # the hook: the convention's token, and its normalisation
+                out = self.readout.normalize(out)
+                last = torch.tensor(
+                    [(width - len(s) if self.padding_side == "left" else 0) + self.readout.index(s) for s in seqs]
+                )
+            elif self.classifier == "seq-cls":
+                last = torch.tensor(
+                    [(width - len(s) if self.padding_side == "left" else 0) + self.readout_index(s) for s in seqs]
+                )
+            else:
+                last = last_token_index(mask)
             scores = out[torch.arange(len(seqs), device=out.device), last.to(out.device)].cpu().tolist()
             values: list[list[float]] | None = None
             if self.options.per_token:

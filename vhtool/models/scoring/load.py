@@ -13,16 +13,19 @@ from typing import Any
 from vhtool.checkpoint.catalogue import Kind, kind_of
 from vhtool.errors import InputError, VhtoolError
 from vhtool.models.scoring.options import ScoreOptions, parse_max_memory
+from vhtool.models.scoring.readout import Readout, choose_readout
 
 MAX_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A value-head model ready to score, and what was decided while loading it.
+    """A model ready to score, and what was decided while loading it.
 
     Attributes:
-        model: the ``AutoModelForCausalLMWithValueHead``, in ``eval()`` mode, on ``device`` (or dispatched).
+        model: the ``AutoModelForCausalLMWithValueHead`` (or, for a classifier checkpoint, the transformers
+            ``…ForSequenceClassification`` / ``…ForTokenClassification``), in ``eval()`` mode, on ``device``
+            (or dispatched).
         tokenizer: the checkpoint's tokenizer, or ``None`` (then only ``input_ids`` records can be scored).
         device: where inputs go (accelerate's main device under a device map).
         compute_dtype: the dtype the weights were loaded in (``float32``, ``bfloat16``, ...).
@@ -35,6 +38,12 @@ class LoadedModel:
         head_reason: why that head (``--head`` or the default's reason).
         join: ``chat`` or ``concat``: how prompt + completion become one text.
         notes: what the user should know about these choices, in the order they were made.
+        classifier: ``None`` for a value-head model; ``seq-cls`` or ``token-cls`` for a plain transformers
+            classifier with one label (a reward model, a critic), scored with its own ``score``/``classifier`` head.
+        readout_pad_id: for ``seq-cls``, the config's ``pad_token_id``: the score is read, as transformers'
+            sequence classifier reads it, at the rightmost token whose id is not this one (``None``: the last).
+        readout: where each sequence's score is read and how it is normalised (the convention's rule, the one
+            ``vhtool.json`` records, or ``--readout``; see :mod:`vhtool.models.scoring.readout`).
     """
 
     model: Any
@@ -50,13 +59,17 @@ class LoadedModel:
     head_reason: str
     join: str
     notes: tuple[str, ...]
+    classifier: str | None = None
+    readout_pad_id: int | None = None
+    readout: Readout | None = None
 
 
 def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int | None = None) -> LoadedModel:
     """Loads ``checkpoint`` as :class:`ScoreOptions` ask, refusing what cannot be scored.
 
     Args:
-        checkpoint: a vhtool (or TRL) value-head checkpoint: local directory, Hub id or ``builtin:*``.
+        checkpoint: a vhtool (or TRL) value-head checkpoint, or a transformers ``…ForSequenceClassification``
+            reward model / ``…ForTokenClassification`` critic with one label: local directory, Hub id or ``builtin:*``.
         options: the model options (``device``, ``dtype``, ``device_map``, ``head``, ``join``, ``max_length``).
         local_rank: under torchrun, this process's GPU: CUDA scoring uses ``cuda:<local_rank>``.
 
@@ -97,22 +110,51 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
             f"positions; use --max-length {max_positions} or less."
         )
 
+    from vhtool.models.scoring.frameworks import build_model, framework_checkpoint
+
+    canon = framework_checkpoint(resolved.local_dir, allow_pickle=options.allow_pickle)
+    classifier = "token-cls" if canon is not None else classifier_kind(config, checkpoint)
+    if canon is not None and options.device_map is not None:
+        raise InputError(
+            f"--device-map: {checkpoint} is a {canon.convention} checkpoint, scored whole; drop --device-map."
+        )
     with _quiet_transformers():
         tok = _load_tokenizer(resolved)
         if tok is None:
             notes.append("the checkpoint has no tokenizer: only pre-tokenised input_ids records can be scored.")
-        model, caught = _load_model(checkpoint, options, torch_dtype(options.dtype, config))
-    require_complete(model.load_report, checkpoint, allow_missing=options.allow_missing)
+        dtype = torch_dtype(options.dtype, config)
+        if canon is not None:
+            model, caught = build_model(canon, dtype), list[warnings.WarningMessage]()
+            notes.extend(canon.notes)
+        elif classifier is None:
+            model, caught = _load_model(checkpoint, options, dtype)
+        else:
+            model, caught = _load_classifier(resolved.load_from, classifier, options, dtype)
+    require_complete(getattr(model, "load_report", None), checkpoint, allow_missing=options.allow_missing)
     model.eval()
+    base = base_model(model)
     if options.device_map is None:
         model.to(device)
     else:
         device = _place_mapped(model, options.device_map, notes)
-    compute_dtype = str(next(model.pretrained_model.parameters()).dtype).replace("torch.", "")
+    compute_dtype = str(next(base.parameters()).dtype).replace("torch.", "")
 
-    vocab_rows = int(model.pretrained_model.get_input_embeddings().num_embeddings)
+    vocab_rows = int(base.get_input_embeddings().num_embeddings)
+    # the readout id is read before _pad_id may give the tokenizer a pad token: transformers' classifier reads
+    # the config's pad_token_id, whatever the tokenizer pads with
+    readout_pad_id = getattr(config, "pad_token_id", None) if classifier == "seq-cls" else None
+    if isinstance(readout_pad_id, list):
+        readout_pad_id = readout_pad_id[0] if readout_pad_id else None
     pad_id = _pad_id(tok, config, vocab_rows, checkpoint=checkpoint, notes=notes)
-    head, head_reason = _choose_head(model, options, checkpoint)
+    if canon is not None:
+        head, head_reason = _choose_classifier_head(
+            "seq-cls" if canon.role == "reward" else "token-cls", options, checkpoint
+        )
+    elif classifier is None:
+        head, head_reason = _choose_head(model, options, checkpoint)
+    else:
+        head, head_reason = _choose_classifier_head(classifier, options, checkpoint)
+    readout = _readout(resolved, config, canon, classifier, tok, options, getattr(config, "pad_token_id", None))
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, FutureWarning)):
             # a library's own deprecation: not the user's concern; re-issued so the caller's filters decide
@@ -134,7 +176,83 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         head_reason=head_reason,
         join=_choose_join(tok, options.join, checkpoint),
         notes=tuple(notes),
+        classifier=classifier,
+        readout_pad_id=readout_pad_id if isinstance(readout_pad_id, int) else None,
+        readout=readout,
     )
+
+
+def _readout(
+    resolved: Any, config: Any, canon: Any, classifier: str | None, tok: Any, options: ScoreOptions, pad_id: Any
+) -> Readout:
+    """The readout rule and normalisation: ``--readout``, else ``vhtool.json``'s record, else the convention's."""
+    from vhtool.checkpoint.conventions import config_normalization
+
+    manifest = getattr(resolved, "manifest", None)
+    conversion = getattr(manifest, "conversion", None)
+    recorded = getattr(conversion, "readout", None)
+    if canon is not None:
+        convention, rule, normalization = canon.convention, canon.readout, dict(canon.normalization)
+    else:
+        convention = classifier or "vhtool"
+        rule = "last-non-pad" if classifier == "seq-cls" else "last"
+        normalization = config_normalization(config.to_dict())
+    stored = getattr(manifest, "normalization", None)
+    if not normalization and stored:  # a target that cannot hold it (DeepSpeed-Chat, trlx): vhtool.json has it
+        normalization = config_normalization(dict(stored))
+    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    return choose_readout(
+        asked=options.readout,
+        recorded=recorded,
+        convention_rule=rule,
+        convention=convention,
+        normalize=options.normalize,
+        normalization=normalization,
+        eos_id=eos,
+        pad_id=pad_id,
+    )
+
+
+def classifier_kind(config: Any, checkpoint: str) -> str | None:
+    """``seq-cls`` / ``token-cls`` for a transformers classifier checkpoint (by ``architectures``), else ``None``.
+
+    Raises:
+        InputError: a classifier with more than one label (a reward or a value is one number).
+    """
+    archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    kind = None
+    for a in archs:
+        if a.endswith("ForSequenceClassification"):
+            kind = "seq-cls"
+        elif a.endswith("ForTokenClassification"):
+            kind = "token-cls"
+    if kind is None:
+        return None
+    labels = int(getattr(config, "num_labels", 1))
+    if labels != 1:
+        raise InputError(
+            f"{checkpoint} is a {archs[0]} with {labels} labels; a reward model or critic has one "
+            "(num_labels=1), so there is no single score to read."
+        )
+    return kind
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model under the value-head wrapper (``pretrained_model``), or a classifier itself."""
+    return getattr(model, "pretrained_model", model)
+
+
+def head_module(model: Any) -> Any:
+    """The one-output head: the value head, or a classifier's ``score`` (``classifier`` in some families)."""
+    if hasattr(model, "v_head"):
+        return model.v_head
+    for name in ("score", "classifier"):
+        module = getattr(model, name, None)
+        if module is not None:
+            return module
+    raise InputError(f"{type(model).__name__}: no score or classifier head found.")
 
 
 def pick_device(device: str) -> str:
@@ -257,16 +375,44 @@ def _load_model(checkpoint: str, options: ScoreOptions, dtype: Any) -> tuple[Any
     return model, list(caught)
 
 
+def _load_classifier(
+    load_from: Any, kind: str, options: ScoreOptions, dtype: Any
+) -> tuple[Any, list[warnings.WarningMessage]]:
+    """A transformers ``…ForSequenceClassification`` / ``…ForTokenClassification`` and its load warnings."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from vhtool.models.loading import LoadReport
+
+    cls = AutoModelForSequenceClassification if kind == "seq-cls" else AutoModelForTokenClassification
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.device_map is not None:
+        load_kwargs["device_map"] = options.device_map
+        if options.max_memory is not None:
+            load_kwargs["max_memory"] = parse_max_memory(options.max_memory)
+        if options.offload_folder is not None:
+            load_kwargs["offload_folder"] = options.offload_folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model, info = cls.from_pretrained(load_from, output_loading_info=True, **load_kwargs)
+        except (ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{load_from}: cannot load it as a {kind} model ({first}).") from None
+    model.load_report = LoadReport.from_loading_info(info, model)  # checked by require_complete, as for a value head
+    return model, list(caught)
+
+
 def _place_mapped(model: Any, device_map_option: str, notes: list[str]) -> str:
     """Under ``device_map``: inputs go to accelerate's main device (returned); the heads sit where the hidden is."""
-    device_map = getattr(model.pretrained_model, "hf_device_map", None)
+    base = base_model(model)
+    device_map = getattr(base, "hf_device_map", None) or getattr(model, "hf_device_map", None)
     if not device_map:  # everything fitted on one device: accelerate recorded no map
-        device = str(next(model.pretrained_model.parameters()).device)
+        device = str(next(base.parameters()).device)
         notes.append(f"--device-map {device_map_option}: the whole model fits on {device}.")
         return device
     names = {v: f"cuda:{v}" if isinstance(v, int) else str(v) for v in device_map.values()}
     device = next((n for n in names.values() if n not in ("cpu", "disk")), "cpu")
-    head_device = model.v_head.summary.weight.device
+    head_device = next(head_module(model).parameters()).device
     placed = ", ".join(sorted(set(names.values())))
     notes.append(f"--device-map {device_map_option}: the model is placed on {placed}; the heads run on {head_device}.")
     return device
@@ -317,6 +463,15 @@ def _choose_head(model: Any, options: ScoreOptions, checkpoint: str) -> tuple[st
     return head, reason
 
 
+def _choose_classifier_head(kind: str, options: ScoreOptions, checkpoint: str) -> tuple[str, str]:
+    """A sequence classifier is a reward model (``reward``); a token classifier is a critic (``value``)."""
+    head = "reward" if kind == "seq-cls" else "value"
+    what = "sequence-classification reward model" if kind == "seq-cls" else "token-classification critic"
+    if options.head is not None and options.head != head:
+        raise InputError(f"{checkpoint} is a {what}: it has a {head} head only; use --head {head} (or omit --head).")
+    return head, ("--head" if options.head is not None else f"default: {what}")
+
+
 def _choose_join(tok: Any, join: str | None, checkpoint: str) -> str:
     """``chat`` when the tokenizer has a chat template (or as asked), else ``concat``."""
     has_template = tok is not None and bool(getattr(tok, "chat_template", None))
@@ -326,4 +481,13 @@ def _choose_join(tok: Any, join: str | None, checkpoint: str) -> str:
     return chosen
 
 
-__all__ = ["LoadedModel", "load_for_scoring", "pick_device", "torch_dtype", "valid_pad_id"]
+__all__ = [
+    "LoadedModel",
+    "base_model",
+    "classifier_kind",
+    "head_module",
+    "load_for_scoring",
+    "pick_device",
+    "torch_dtype",
+    "valid_pad_id",
+]

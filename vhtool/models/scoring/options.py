@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR  # noqa: F401
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, FORMATS, HEADS, JOIN_MODES, ON_ERROR, READOUTS  # noqa: F401
 from vhtool.errors import InputError
 
 DEFAULT_WINDOW = 4096
@@ -39,6 +39,10 @@ class ScoreOptions:
         offload_folder: with ``device_map``, where weights offloaded to disk go.
         allow_missing: score a checkpoint whose backbone tensors are not all in its files (transformers
             initialises the missing ones at random); refused by default.
+        readout: where a sequence's score is read (``last``, ``last-non-pad``, ``eos``, ``before-eos``); ``None``:
+            the rule ``vhtool.json`` records, else the checkpoint convention's (see ``docs/conventions.md``).
+        normalize: apply the normalisation the checkpoint records (OpenRLHF's ``normalize_reward``/``mean``/``std``).
+        allow_pickle: read a framework's ``pytorch_model.bin`` (DeepSpeed-Chat, trlx) with the weights-only loader.
     """
 
     head: str | None = None
@@ -56,6 +60,9 @@ class ScoreOptions:
     max_memory: str | None = None
     offload_folder: str | None = None
     allow_missing: bool = False
+    readout: str | None = None
+    normalize: bool = True
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -66,6 +73,7 @@ class ScoreOptions:
             "on_error": (self.on_error, ON_ERROR),
             "input_format": (self.input_format, FORMATS),
             "device_map": (self.device_map, (None, *DEVICE_MAPS)),
+            "readout": (self.readout, (None, *READOUTS)),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:

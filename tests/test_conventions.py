@@ -1,0 +1,271 @@
+"""Every framework's reward models and critics, read and written exactly (issue 23).
+
+Checkpoints are saved the way each framework saves them (tests/frameworks.py, from their source), their reward
+is computed the framework's way, and ``vhtool score`` on the original and on every conversion gives it (fp32,
+1e-4); what ``convert --to`` writes loads strictly in the framework's loader (its faithful reimplementation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tests import frameworks as F
+from tests.helpers import tree_bytes
+from vhtool.checkpoint.conventions import TABLE, detect_framework
+from vhtool.checkpoint.convert import convert_checkpoint
+from vhtool.checkpoint.convert.frameworks import linear_as_mlp, mlp_as_linear
+from vhtool.cli.app import app
+from vhtool.errors import InputError
+from vhtool.models.scoring import ScoreOptions, Scorer
+from vhtool.models.scoring.readout import Readout
+
+TOL = 1e-4
+
+
+def vhtool_scores(path: Path, **options: Any) -> list[float]:
+    scorer = Scorer(path, options=ScoreOptions(device="cpu", **options))
+    assert scorer.readout is not None
+    seqs = [scorer.readout.prepare(list(ids), limit=None) for ids in F.IDS]
+    return [scorer.score_batch([s])[0][0] for s in seqs]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("frameworks")
+    return {
+        "openrlhf": F.save_openrlhf("tiny-llama", root / "openrlhf", normalize=True, mean=0.25, std=2.0),
+        "openrlhf-legacy": F.save_openrlhf("tiny-gpt2", root / "openrlhf-legacy", legacy=True),
+        "deepspeed-chat": F.save_deepspeed_chat("tiny-gpt2", root / "ds"),
+        "deepspeed-chat-legacy": F.save_deepspeed_chat("tiny-gpt2", root / "ds-legacy", legacy=True, seed=1),
+        "trlx": F.save_trlx("tiny-llama", root / "trlx"),
+        "verl": F.save_verl("tiny-llama", root / "verl"),
+    }
+
+
+def framework_number(kind: str, path: Path, ids: list[int]) -> float:
+    if kind.startswith("openrlhf"):
+        return F.openrlhf_reward(path, ids)
+    if kind.startswith("deepspeed-chat"):
+        return F.deepspeed_chat_reward(path, ids)
+    if kind == "trlx":
+        return F.trlx_value(path, ids)
+    return F.verl_value(path, ids)
+
+
+@pytest.fixture(scope="module")
+def expected(sources: dict[str, Path]) -> dict[str, list[float]]:
+    return {k: [framework_number(k, p, ids) for ids in F.IDS] for k, p in sources.items()}
+
+
+@pytest.mark.parametrize(
+    "kind", ["openrlhf", "openrlhf-legacy", "deepspeed-chat", "deepspeed-chat-legacy", "trlx", "verl"]
+)
+def test_score_gives_the_frameworks_number(kind: str, sources: dict[str, Path], expected: dict[str, Any]) -> None:
+    got = vhtool_scores(sources[kind], allow_pickle=True)
+    assert got == pytest.approx(expected[kind], abs=TOL)
+
+
+def test_detection_names_convention_readout_and_normalisation(sources: dict[str, Path]) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect-layers", str(sources["openrlhf"]), "--json"])
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["value_head"]["notes"]
+    assert any("openrlhf reward" in n and "readout eos" in n and "(r - 0.25) / 2" in n for n in notes), notes
+    res = runner.invoke(app, ["inspect-layers", str(sources["verl"]), "--json"])
+    assert any("verl critic" in n for n in json.loads(res.stdout)["value_head"]["notes"])
+    legacy = load_file(str(sources["openrlhf-legacy"] / "model.safetensors"))
+    cfg = json.loads((sources["openrlhf-legacy"] / "config.json").read_text())
+    det = detect_framework(set(legacy), cfg)
+    assert det is not None and det.legacy == ("value_head.weight",)
+    ds = torch.load(sources["deepspeed-chat-legacy"] / "pytorch_model.bin", weights_only=True)
+    det = detect_framework(set(ds), None)
+    assert det is not None and (det.convention.name, det.readout, det.legacy) == (
+        "deepspeed-chat",
+        "before-eos",
+        ("rwtranrsformer.",),
+    )
+
+
+def test_no_normalize_and_readout_override(sources: dict[str, Path], expected: dict[str, Any]) -> None:
+    raw = vhtool_scores(sources["openrlhf"], normalize=False)
+    assert [r / 2.0 - 0.125 for r in raw] == pytest.approx(expected["openrlhf"], abs=TOL)
+    last = vhtool_scores(sources["openrlhf"], readout="last")
+    assert last != pytest.approx(expected["openrlhf"], abs=TOL)  # without the appended EOS: another token
+
+
+TARGETS = ["openrlhf", "deepspeed-chat", "trlx", "seq-cls", "token-cls", "vhtool"]
+
+
+@pytest.mark.parametrize("kind", ["openrlhf", "deepspeed-chat", "trlx-linear", "verl"])
+def test_every_conversion_scores_the_sources_number(
+    kind: str, sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    if kind == "trlx-linear":  # a trlx head that is exactly linear converts everywhere
+        w, b = torch.randn(1, 64), torch.tensor([0.5])
+        src = F.save_trlx("tiny-llama", tmp_path / "trlx-src", head=linear_as_mlp(w, b))
+        want = [F.trlx_value(src, ids) for ids in F.IDS]
+    else:
+        src, want = sources[kind], expected[kind]
+    for to in TARGETS:
+        out = tmp_path / to
+        if to in ("trlx", "vhtool") and kind in ("openrlhf", "verl"):
+            # Llama's embeddings are untied and these frameworks save no LM head: a causal target cannot be built
+            with pytest.raises(InputError, match="LM head"):
+                convert_checkpoint(src, out, to=to, allow_pickle=True)
+            assert not out.exists()
+            continue
+        res = convert_checkpoint(src, out, to=to, allow_pickle=True, allow_lossy=True)
+        assert res.target == to
+        manifest = json.loads((out / "vhtool.json").read_text())
+        source_rule = "last" if kind in ("trlx-linear", "verl") else TABLE[kind].readout
+        assert manifest["conversion"]["readout"] == source_rule
+        got = vhtool_scores(out, allow_pickle=True)
+        if res.lost:  # --allow-lossy dropped the 0.5 bias a bias-less head cannot hold: the only loss allowed
+            assert (kind, res.lost) == ("trlx-linear", ["head bias = 0.5"])
+            got = [g + 0.5 for g in got]
+        assert got == pytest.approx(want, abs=TOL), (kind, to)
+        strict_load(to, out)
+
+
+def strict_load(to: str, out: Path) -> None:
+    """The target framework's loader reads every key (strict)."""
+    if to == "deepspeed-chat":
+        F.deepspeed_chat_load(out)
+    elif to == "trlx":
+        F.trlx_load(out)
+    elif to == "openrlhf":
+        cfg = json.loads((out / "config.json").read_text())
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(out)
+        role = "reward" if cfg["architectures"] == ["RewardModel"] else "critic"
+        _, info = F.openrlhf_class(config, role, cfg["value_head_prefix"]).from_pretrained(
+            out, config=config, output_loading_info=True
+        )
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+def test_framework_numbers_agree_across_targets_with_the_same_rule(sources: dict[str, Path], tmp_path: Path) -> None:
+    """DeepSpeed-Chat -> trlx -> DeepSpeed-Chat: each framework's own loader gives the same values."""
+    trlx = tmp_path / "trlx"
+    convert_checkpoint(sources["deepspeed-chat"], trlx, to="trlx", allow_pickle=True)
+    back = tmp_path / "back"
+    convert_checkpoint(trlx, back, to="deepspeed-chat", allow_pickle=True)
+    a = torch.load(sources["deepspeed-chat"] / "pytorch_model.bin", weights_only=True)
+    b = torch.load(back / "pytorch_model.bin", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lossless, bit for bit
+    for ids in F.IDS:
+        assert F.deepspeed_chat_reward(back, ids) == pytest.approx(
+            F.deepspeed_chat_reward(sources["deepspeed-chat"], ids)
+        )
+
+
+def test_openrlhf_round_trip_through_trlx_is_lossless(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sources["openrlhf-legacy"]  # GPT-2: tied embeddings, so trlx's LM head is the embedding's copy
+    convert_checkpoint(src, tmp_path / "t", to="trlx")
+    convert_checkpoint(tmp_path / "t", tmp_path / "o", to="openrlhf", allow_pickle=True, role="reward")
+    a = load_file(str(src / "model.safetensors"))
+    a = {k.replace("value_head.", "score."): v for k, v in a.items()}  # the legacy name is written as today's
+    b = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mlp_linearity() -> None:
+    w, b = torch.randn(1, 8), torch.randn(1)
+    lin = mlp_as_linear(linear_as_mlp(w, b))
+    assert lin is not None and torch.allclose(lin[0], w) and torch.allclose(lin[1], b)
+    assert mlp_as_linear(dict(F.make_head(8, 1).state_dict())) is None
+
+
+def test_readout_rules() -> None:
+    r = Readout("before-eos", "test", eos_id=2)
+    assert r.index([2, 5, 6, 2, 2]) == 2 and r.index([5, 6, 7]) == 2
+    e = Readout("eos", "test", eos_id=2)
+    assert e.prepare([5, 6], limit=None) == [5, 6, 2] and e.prepare([5, 6], limit=2) == [5, 2]
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def _refused(args: list[str], out: Path, src: Path, needle: str) -> None:
+    before = tree_bytes(src)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert not out.exists() and tree_bytes(src) == before
+
+
+def test_refuses_non_linear_trlx_head(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    src = sources["trlx"]
+    _refused(["convert", str(src), "--to", "openrlhf", "--allow-pickle", "-o", str(out)], out, src, "not a linear")
+
+
+def test_refuses_pickle_without_allow_pickle(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    src = sources["deepspeed-chat"]
+    _refused(["convert", str(src), "--to", "openrlhf", "-o", str(out)], out, src, "--allow-pickle")
+
+
+def test_refuses_head_width_mismatch(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = tmp_path / "bad"
+    src.mkdir()
+    state = torch.load(sources["deepspeed-chat"] / "pytorch_model.bin", weights_only=True)
+    state["v_head.weight"] = torch.zeros(1, 48)
+    torch.save(state, src / "pytorch_model.bin")
+    (src / "config.json").write_bytes((sources["deepspeed-chat"] / "config.json").read_bytes())
+    out = tmp_path / "o"
+    _refused(["convert", str(src), "--to", "openrlhf", "--allow-pickle", "-o", str(out)], out, src, "matches neither")
+
+
+def test_refuses_contradicting_from(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    src = sources["verl"]
+    _refused(["convert", str(src), "--from", "trlx", "--to", "openrlhf", "-o", str(out)], out, src, "--from trlx")
+
+
+def test_trlx_summarisation_rm_needs_config_from(sources: dict[str, Path], tmp_path: Path) -> None:
+    """trlx's GPTRewardModel: a bare state dict (transformer.* + v_head.weight), no config.json."""
+    ds = torch.load(sources["deepspeed-chat"] / "pytorch_model.bin", weights_only=True)
+    src = tmp_path / "rm"
+    src.mkdir()
+    torch.save({k.replace("rwtransformer.", "transformer."): v for k, v in ds.items()}, src / "pytorch_model.bin")
+    out = tmp_path / "o"
+    _refused(["convert", str(src), "--to", "openrlhf", "--allow-pickle", "-o", str(out)], out, src, "--config-from")
+    res = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            str(src),
+            "--to",
+            "seq-cls",
+            "--allow-pickle",
+            "--config-from",
+            str(sources["deepspeed-chat"]),
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    # the same weights as the DeepSpeed-Chat model, the same before-EOS readout: the same number
+    (out / "tokenizer.json").write_bytes((sources["deepspeed-chat"] / "tokenizer.json").read_bytes())
+    (out / "tokenizer_config.json").write_bytes((sources["deepspeed-chat"] / "tokenizer_config.json").read_bytes())
+    want = [F.deepspeed_chat_reward(sources["deepspeed-chat"], ids) for ids in F.IDS]
+    assert vhtool_scores(out) == pytest.approx(want, abs=TOL)
+
+
+def test_score_cli_readout_and_pickle(sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path) -> None:
+    records = tmp_path / "in.jsonl"
+    records.write_text("".join(json.dumps({"input_ids": ids}) + "\n" for ids in F.IDS))
+    src = str(sources["deepspeed-chat"])
+    res = CliRunner().invoke(app, ["score", src, "--input", str(records), "--device", "cpu"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["score", src, "--input", str(records), "--device", "cpu", "--allow-pickle"])
+    assert res.exit_code == 0, res.output
+    got = [json.loads(line)["score"] for line in res.stdout.splitlines() if line.startswith("{")]
+    assert got == pytest.approx(expected["deepspeed-chat"], abs=TOL)
