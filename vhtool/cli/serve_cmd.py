@@ -33,10 +33,8 @@ else:
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2",
-    "vhtool serve tiny-gpt2-value-head --port 5000",
-    "VHTOOL_API_KEY=secret vhtool serve my-reward-model --host 0.0.0.0 --port 5000 --device cuda",
-    "vhtool serve my-reward-model --port 0 --json   # prints the bound address as one JSON line",
-    """curl -s localhost:5000/get_reward -d '{"query": ["Hello there."]}'""",
+    "vhtool serve tiny-gpt2-value-head --port 0 --json > ready.json & "
+    "until [ -s ready.json ] || ! kill -0 $!; do sleep 0.1; done; cat ready.json; kill $! && wait $!",
 )
 
 
