@@ -81,10 +81,14 @@ def serve_command(
         ),
     ],
     host: Annotated[
-        str, typer.Option("--host", help="Address to bind (0.0.0.0: every interface; needs --api-key).")
+        str,
+        typer.Option("--host", metavar="HOST", help="Address to bind (0.0.0.0: every interface; needs --api-key)."),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: a free one, reported when ready).")
+        int,
+        typer.Option(
+            "--port", min=0, max=65535, metavar="PORT", help="TCP port (0: a free one, reported when ready)."
+        ),
     ] = 8000,
     api_key: Annotated[
         str | None,
