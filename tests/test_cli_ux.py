@@ -18,7 +18,17 @@ import pytest
 from tests.helpers import TINY_LLAMA_PRESET, make_reward_adapter
 from vhtool.builtin import builtin_path
 
-COMMANDS = ("init", "make-reference", "attach-reward-adapter", "score", "inspect-layers", "verify", "convert", "push")
+COMMANDS = (
+    "init",
+    "make-reference",
+    "attach-reward-adapter",
+    "score",
+    "serve",
+    "inspect-layers",
+    "verify",
+    "convert",
+    "push",
+)
 VHTOOL = str(Path(sys.executable).with_name("vhtool"))
 
 CHOICE_OPTIONS = (

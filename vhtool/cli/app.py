@@ -16,6 +16,7 @@ from vhtool.cli import (
     push_cmd,
     reference_cmd,
     score_cmd,
+    serve_cmd,
     verify_cmd,
 )
 from vhtool.cli.common import VhtoolCommand, error_doc, examples, set_debug, write_json
@@ -63,6 +64,7 @@ for _name, _module, _fn in (
     ("make-reference", reference_cmd, reference_cmd.make_reference_command),
     ("attach-reward-adapter", attach_cmd, attach_cmd.attach_command),
     ("score", score_cmd, score_cmd.score_command),
+    ("serve", serve_cmd, serve_cmd.serve_command),
     ("inspect-layers", inspect_cmd, inspect_cmd.inspect_command),
     ("verify", verify_cmd, verify_cmd.verify_command),
     ("convert", convert_cmd, convert_cmd.convert_command),
