@@ -16,7 +16,8 @@ guarantees, for directories (:func:`atomic_output_dir`, :func:`locked_update`) a
   aside copy beside a present OUT is a completed replace's leftover and is removed.
 * **Permissions from the umask.** The temporary directory is created with mode ``0o777`` and files with
   ``0o666``, both reduced by the process umask (and any default ACL) by the kernel itself, exactly as
-  ``mkdir``/``open`` would: never ``mkdtemp``'s private ``0o700``.
+  ``mkdir``/``open`` would: never ``mkdtemp``'s private ``0o700``. Files a library wrote privately
+  (safetensors writes ``0o600``) are given the same mode before the move (:func:`settle_modes`).
 * **Clean-up on every failure and on SIGINT/SIGTERM.** The temporary sibling is removed when the block
   raises, Ctrl-C included; SIGTERM raises too while a writer runs (see :mod:`vhtool.checkpoint.interrupt`).
   A temporary sibling left by a SIGKILLed run is stale once its lock is free, and the next run removes it.
@@ -32,6 +33,8 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,6 +202,36 @@ def _describe(exc: BaseException) -> str:
     return _reason(exc) if isinstance(exc, OSError) else type(exc).__name__
 
 
+def new_file_mode(folder: Path) -> int:
+    """The permission bits a new file gets in ``folder``: ``0o666`` less the umask (and a default ACL's mask).
+
+    Asked of the kernel with a probe file rather than by setting and resetting the process umask, which
+    would race with other threads creating files meanwhile.
+    """
+    probe = folder / f".vhtool-mode-probe-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def settle_modes(tmp: Path) -> None:
+    """Gives every file written into ``tmp`` the mode a new file gets there (from the umask).
+
+    Libraries that write through a private temporary file (safetensors 0.8 does) leave ``0o600`` weights,
+    which colleagues on a shared cluster cannot read. Linked files (a hard link shares its inode with the
+    source; a symlink's target is someone else's) are left alone.
+    """
+    mode = new_file_mode(tmp)
+    for dirpath, _dirnames, filenames in os.walk(tmp):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(os.path.join(dirpath, name), mode)
+
+
 def make_dir(path: Path) -> None:
     """Creates the directory ``path`` with the permissions the umask gives (``0o777 & ~umask``, default ACLs)."""
     os.mkdir(path, 0o777)
@@ -274,6 +307,7 @@ def atomic_output_dir(
             raise unusable_output(out, exc) from None
         try:
             yield tmp
+            settle_modes(tmp)
             if durable:
                 fsync_tree(tmp)
             # The last look before replacing: OUT must still be something --force may replace.
@@ -320,6 +354,7 @@ def merge_into(tmp: Path, out: Path, *, superseded: Callable[[str], bool], durab
         superseded: which older top-level file names the new files replace (a catalogue question).
         durable: fsync the new files before they are moved, and the folders after.
     """
+    settle_modes(tmp)
     if durable:
         fsync_tree(tmp)
     touched = {out, out.parent}

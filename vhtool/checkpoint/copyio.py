@@ -16,7 +16,7 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from vhtool.choices import LINK_MODES as LINK_MODES
 from vhtool.errors import InputError, OperationError
 
 _FICLONE = 0x40049409
-_CHUNK = 64 * 1024 * 1024
+_CHUNK = 16 * 1024 * 1024  # one kernel copy call: also how far a thread runs on after Ctrl-C
 _HASH_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
@@ -270,6 +270,11 @@ def run_parallel(jobs: Sequence[Callable[[], T]], *, workers: int = 2) -> list[T
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhtool-place")
     try:
         futures = [pool.submit(job) for job in jobs]
+        # Woken by the first failure, not by the jobs in order: a failed shard stops the queue at once.
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
         results = [f.result() for f in futures]
     except BaseException as exc:
         with interrupt.stopping(exc):
