@@ -180,9 +180,8 @@ def copy_range_hashed(
     def _hash(cancel: threading.Event) -> None:
         hash_file(src, start=src_offset, length=length, h=h, cancel=cancel)
 
-    with beside(_hash):
-        with open(src, "rb", buffering=0) as fsrc:
-            _kernel_copy(fsrc.fileno(), dst_fd, src_offset, dst_offset, length, progress)
+    with beside(_hash), open(src, "rb", buffering=0) as fsrc:
+        _kernel_copy(fsrc.fileno(), dst_fd, src_offset, dst_offset, length, progress)
 
 
 def try_reflink(src: Path, dst: Path) -> bool:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 _STOP = threading.Event()
-_signum = signal.SIGINT
+_signum: int = signal.SIGINT
 
 
 class Interrupted(KeyboardInterrupt):
@@ -71,7 +71,7 @@ def stopping(exc: BaseException) -> Iterator[None]:
         return
     owner = not _STOP.is_set()
     if owner:
-        _signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
         _STOP.set()
     yield
     if owner:
