@@ -391,3 +391,27 @@ def test_a_non_main_save_touches_nothing(tmp_path: Path, cli: Callable[..., Any]
     model.save_pretrained(str(fresh), is_main_process=False)
     assert not fresh.exists() and siblings(fresh) == set()
     assert cli("verify", d).exit_code == 0
+
+
+def test_a_non_main_peft_save_touches_nothing(saved_model: Any, tmp_path: Path) -> None:
+    from peft import LoraConfig
+
+    import vhtool
+
+    cfg = LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    model = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(str(saved_model("gpt2")), peft_config=cfg)
+    target = tmp_path / "adapter"
+    model.save_pretrained(target)
+    before = tree_bytes(target)
+    with torch_no_grad():
+        model.v_head.summary.bias.fill_(0.5)
+    model.save_pretrained(target, is_main_process=False)
+    assert tree_bytes(target) == before and siblings(target) == set()
+    model.save_pretrained(tmp_path / "fresh", is_main_process=False)
+    assert not (tmp_path / "fresh").exists()
+
+
+def torch_no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()

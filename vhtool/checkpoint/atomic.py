@@ -32,6 +32,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import shlex
 import shutil
 import stat
 import threading
@@ -190,7 +191,8 @@ def replace_dir(tmp: Path, out: Path) -> None:
         except OSError:
             raise ReplaceError(
                 f"replacing {out} failed ({_describe(exc)}) and the previous {out} could not be put back; "
-                f"it is kept as {old}, and the next vhtool run on {out} restores it."
+                f"it is kept as {old}: `mv {shlex.quote(str(old))} {shlex.quote(str(out))}` puts it back, and the "
+                f"next vhtool run writing {out} restores it."
             ) from exc
         if isinstance(exc, OSError):
             raise ReplaceError(f"replacing {out} failed: {_reason(exc)}; {out} was left as it was.") from exc
