@@ -269,9 +269,14 @@ def run_parallel(jobs: Sequence[Callable[[], T]], *, workers: int = 2) -> list[T
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhtool-place")
     try:
         futures = [pool.submit(job) for job in jobs]
-        # Woken by the first failure, not by the jobs in order: a failed shard stops the queue at once.
-        wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        # Woken by the first failure, not by the jobs in order: a failed shard stops the queue at once. The
+        # timeout lets this (main) thread run a signal handler promptly even when the kernel delivered the
+        # signal to a copying thread, which cannot run Python handlers.
+        while True:
+            done, not_done = wait(futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+            if not not_done or any(f.exception() is not None for f in done):
+                break
+        failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
         results = [f.result() for f in futures]
