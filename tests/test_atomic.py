@@ -339,9 +339,14 @@ def _save_rounds(src: str, dest: str, main: bool, seed: float, rounds: int, barr
     model = vhtool.AutoModelForCausalLMWithValueHead.from_pretrained(src)
     with torch.no_grad():
         model.v_head.summary.bias.fill_(seed)
+    first = seed == 1.0
     for r in range(rounds):
         barrier.wait(timeout=120)
+        if r % 2 and not first:  # odd rounds: the second process saves right after the first (the lost-weights order)
+            barrier.wait(timeout=120)
         model.save_pretrained(dest, is_main_process=main)
+        if r % 2 and first:
+            barrier.wait(timeout=120)
         barrier.wait(timeout=120)
         if main or seed == 2.0:  # one process checks what the round left
             result = verify_checkpoint(dest)
