@@ -110,5 +110,5 @@ def test_save_into_a_new_folder_and_with_user_files_beside(tmp_path: Path, cli: 
     model.save_pretrained(str(tmp_path / "fresh"))
     model.save_pretrained(str(d))
     assert (d / "notes.md").read_text() == "mine"  # only superseded weight files are removed
-    assert not list(tmp_path.glob(".*vhtool-save*"))  # no temporary folder left
+    assert not list(tmp_path.glob(".*vhtool-*"))  # no temporary folder or lock left
     assert sorted(p.name for p in (tmp_path / "fresh").glob("*.safetensors")) == ["model.safetensors"]

@@ -3,6 +3,9 @@
 The copy runs in the kernel (``os.copy_file_range``, which also reflinks on filesystems that can);
 the sha256 is computed by a second thread reading the same bytes from the page cache, so copying
 and hashing overlap on two cores and no chunk is read twice by Python.
+
+Every copy and hash loop checks :func:`vhtool.checkpoint.interrupt.check` between chunks, and the pool
+starts no queued file once an interrupt arrived: Ctrl-C stops the work within one chunk per thread.
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vhtool.checkpoint import interrupt
 from vhtool.choices import LINK_MODES as LINK_MODES
 from vhtool.errors import InputError, OperationError
 
 _FICLONE = 0x40049409
-_CHUNK = 64 * 1024 * 1024
+_CHUNK = 16 * 1024 * 1024  # one kernel copy call: also how far a thread runs on after Ctrl-C
 _HASH_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
@@ -51,6 +56,7 @@ def hash_range(
     length: int,
     view: memoryview | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Feeds ``length`` bytes of the open file ``fh`` from ``start`` into ``h``, in constant memory.
 
@@ -61,14 +67,19 @@ def hash_range(
         length: how many bytes.
         view: a reusable read buffer (8 MiB by default).
         progress: called with each chunk's byte count.
+        cancel: set by the thread that wants this hash no longer (its copy failed); checked between chunks.
 
     Raises:
         OperationError: the file ends before ``start + length`` (it shrank, or was truncated).
+        Interrupted: the process is stopping (Ctrl-C, SIGTERM); or ``cancel`` was set.
     """
     view = view if view is not None else memoryview(bytearray(_HASH_CHUNK))
     fh.seek(start)
     remaining = length
     while remaining > 0:
+        interrupt.check()
+        if cancel is not None and cancel.is_set():
+            raise interrupt.Interrupted()
         n = fh.readinto(view[: min(len(view), remaining)])
         if not n:
             raise OperationError(f"{fh.name}: file shrank while being read.")
@@ -78,18 +89,56 @@ def hash_range(
             progress(n)
 
 
-def hash_file(path: Path, *, start: int = 0, length: int | None = None, h: hashlib._Hash | None = None) -> str:
+def hash_file(
+    path: Path,
+    *,
+    start: int = 0,
+    length: int | None = None,
+    h: hashlib._Hash | None = None,
+    cancel: threading.Event | None = None,
+) -> str:
     """sha256 of ``length`` bytes of ``path`` from ``start`` (whole file by default), in constant memory."""
     h = h or hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:
         size = length if length is not None else os.fstat(fh.fileno()).st_size - start
-        hash_range(fh, h, start=start, length=size)
+        hash_range(fh, h, start=start, length=size, cancel=cancel)
     return h.hexdigest()
+
+
+@contextmanager
+def beside(work: Callable[[threading.Event], None], *, name: str = "vhtool-hash") -> Iterator[None]:
+    """Runs ``work(cancel)`` on a helper thread while the block runs; re-raises the helper's error after it.
+
+    When the block fails (an error, Ctrl-C), ``cancel`` is set and, for an interrupt, the process-wide stop
+    flag too, so the helper leaves at its next chunk instead of hashing the rest of a file nobody wants.
+    """
+    cancel = threading.Event()
+    error: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            work(cancel)
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=_run, name=name)
+    worker.start()
+    try:
+        yield
+    except BaseException as exc:
+        cancel.set()
+        with interrupt.stopping(exc):
+            worker.join()
+        raise
+    worker.join()
+    if error:
+        raise error[0]
 
 
 def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int, progress: Progress | None) -> None:
     remaining = length
     while remaining > 0:
+        interrupt.check()
         try:
             n = os.copy_file_range(src_fd, dst_fd, min(remaining, _CHUNK), src_off, dst_off)
         except OSError as exc:
@@ -122,26 +171,17 @@ def copy_range_hashed(
     progress: Progress | None = None,
 ) -> None:
     """Copies ``length`` bytes of ``src`` into ``dst_fd`` in the kernel; ``hasher`` reads them on another thread."""
-    error: list[BaseException] = []
-
-    def _hash() -> None:
-        try:
-            assert hasher is not None
-            hash_file(src, start=src_offset, length=length, h=hasher)
-        except BaseException as exc:  # re-raised in the caller's thread
-            error.append(exc)
-
-    worker = threading.Thread(target=_hash, name="vhtool-hash") if hasher is not None and length else None
-    if worker:
-        worker.start()
-    try:
+    if hasher is None or not length:
         with open(src, "rb", buffering=0) as fsrc:
             _kernel_copy(fsrc.fileno(), dst_fd, src_offset, dst_offset, length, progress)
-    finally:
-        if worker:
-            worker.join()
-    if error:
-        raise error[0]
+        return
+    h = hasher
+
+    def _hash(cancel: threading.Event) -> None:
+        hash_file(src, start=src_offset, length=length, h=h, cancel=cancel)
+
+    with beside(_hash), open(src, "rb", buffering=0) as fsrc:
+        _kernel_copy(fsrc.fileno(), dst_fd, src_offset, dst_offset, length, progress)
 
 
 def try_reflink(src: Path, dst: Path) -> bool:
@@ -177,6 +217,7 @@ def place_file(
     """
     if mode not in LINK_MODES:
         raise InputError(f"unknown --link mode {mode!r}; choose one of {', '.join(LINK_MODES)}.")
+    interrupt.check()  # a file dequeued just as Ctrl-C arrived is not started
     size = src.stat().st_size
     how = mode
     if mode in ("auto", "reflink"):
@@ -195,7 +236,7 @@ def place_file(
         os.symlink(src.resolve(), dst)
     if how == "copy":
         h = hashlib.sha256()
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             copy_range_hashed(src, fd, src_offset=0, dst_offset=0, length=size, hasher=h, progress=progress)
             if fsync:
@@ -215,12 +256,36 @@ def run_parallel(jobs: Sequence[Callable[[], T]], *, workers: int = 2) -> list[T
     Kernel copies, sha256 and fsync release the GIL, so placing several shards at once keeps both
     cores busy (one file's copy overlapping another's hash) instead of leaving the copier idle
     while the hasher catches up.
+
+    On the first error or an interrupt no queued job starts (they are cancelled, not merely left to run
+    while the pool winds down); on an interrupt the running ones leave at their next chunk too.
     """
     if len(jobs) <= 1 or workers <= 1:
-        return [job() for job in jobs]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhtool-place") as pool:
+        results = []
+        for job in jobs:
+            interrupt.check()
+            results.append(job())
+        return results
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhtool-place")
+    try:
         futures = [pool.submit(job) for job in jobs]
-        return [f.result() for f in futures]
+        # Woken by the first failure, not by the jobs in order: a failed shard stops the queue at once. The
+        # timeout lets this (main) thread run a signal handler promptly even when the kernel delivered the
+        # signal to a copying thread, which cannot run Python handlers.
+        while True:
+            done, not_done = wait(futures, timeout=0.1, return_when=FIRST_EXCEPTION)
+            if not not_done or any(f.exception() is not None for f in done):
+                break
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+        results = [f.result() for f in futures]
+    except BaseException as exc:
+        with interrupt.stopping(exc):
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 def hub_blob_sha256(path: Path) -> str | None:

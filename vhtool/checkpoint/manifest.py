@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from vhtool._version import __version__
+from vhtool.checkpoint.atomic import write_file_atomic
 from vhtool.checkpoint.copyio import FileRecord
 from vhtool.checkpoint.jsonio import read_json_object
 from vhtool.checkpoint.names import MANIFEST_FILE
@@ -650,11 +650,14 @@ def manifest_text(manifest: Manifest) -> str:
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Writes ``directory/vhtool.json``, stamped with the running vhtool's version (the one place that stamps).
 
-    Written to a temporary sibling and renamed, so updating a manifest in place never leaves half of one.
+    Written by the one atomic file writer (temporary sibling, fsync, lock, rename), so updating a manifest
+    in place never leaves half of one, and a concurrent writer of the same manifest fails clearly.
+
+    Raises:
+        InputError: the folder cannot be written (exit 2).
+        OperationError: another run is writing the manifest, or the write failed (the old one is kept).
     """
-    tmp = directory / f".{MANIFEST_FILE}.vhtool-tmp"
-    tmp.write_text(manifest_text(manifest.stamped()), encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST_FILE)
+    write_file_atomic(directory / MANIFEST_FILE, manifest_text(manifest.stamped()))
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhtool.checkpoint.copyio import FileRecord, Progress, _kernel_copy, hash_range
+from vhtool.checkpoint.copyio import FileRecord, Progress, _kernel_copy, beside, hash_range
 from vhtool.checkpoint.safetensors_io import build_header
 
 
@@ -74,25 +74,20 @@ def write_safetensors(
     header, _ = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in tensors], metadata)
     segs = _segments(header, tensors)
     hasher = hashlib.sha256()
-    error: list[BaseException] = []
 
-    def _hash() -> None:
-        try:
-            view = memoryview(bytearray(8 * 1024 * 1024))
-            for seg in segs:
-                if isinstance(seg, bytes):
-                    hasher.update(seg)
-                    continue
-                with open(seg.path, "rb", buffering=0) as fh:
-                    hash_range(fh, hasher, start=seg.offset, length=seg.length, view=view)
-        except BaseException as exc:
-            error.append(exc)
+    def _hash(cancel: threading.Event) -> None:
+        view = memoryview(bytearray(8 * 1024 * 1024))
+        for seg in segs:
+            if isinstance(seg, bytes):
+                hasher.update(seg)
+                continue
+            with open(seg.path, "rb", buffering=0) as fh:
+                hash_range(fh, hasher, start=seg.offset, length=seg.length, view=view, cancel=cancel)
 
-    worker = threading.Thread(target=_hash, name="vhtool-hash")
-    worker.start()
     size = 0
-    try:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    # The hasher stops with the copy (an error, Ctrl-C): it never reads on through a file nobody wants.
+    with beside(_hash):
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             for seg in segs:
                 if isinstance(seg, bytes):
@@ -109,8 +104,4 @@ def write_safetensors(
                 os.fsync(fd)
         finally:
             os.close(fd)
-    finally:
-        worker.join()
-    if error:
-        raise error[0]
     return FileRecord(name=name or dst.name, size=size, sha256=hasher.hexdigest(), how="write")

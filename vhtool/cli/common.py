@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 import warnings
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args
 import typer
 import typer.core
 
+from vhtool.checkpoint.interrupt import exit_code_of as interrupt_exit_code
+from vhtool.checkpoint.interrupt import sigterm_raises
 from vhtool.choices import LINK_MODES
 from vhtool.errors import VhtoolError
 
@@ -361,7 +364,7 @@ def handle_errors(fn: F) -> F:
         json_mode = bool(kwargs.get("json_out"))
         _json_pending = None
         try:
-            with quiet_libraries():
+            with quiet_libraries(), sigterm_raises(always=True):  # SIGTERM cleans up like Ctrl-C, then exits 143
                 result = fn(*args, **kwargs)
         except typer.Exit:
             _flush_json(json_mode)
@@ -393,8 +396,9 @@ def _describe_failure(exc: BaseException) -> tuple[str, int, str, list[str] | No
         if debug_enabled():
             traceback.print_exception(exc)
         return str(exc), exc.exit_code, type(exc).__name__, getattr(exc, "problems", None) or None
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted; nothing was written.", 130, "Interrupted", None
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C (130) or SIGTERM (143): the temporary output is gone
+        code = interrupt_exit_code(exc)
+        return f"interrupted ({signal.Signals(code - 128).name}); nothing was written.", code, "Interrupted", None
     if isinstance(exc, OSError):  # an OS failure the core did not word itself: the path and the reason
         if debug_enabled():
             traceback.print_exception(exc)

@@ -437,14 +437,22 @@ class PreTrainedModelWrapper(nn.Module):
         For a PEFT model, the adapter is saved by PEFT and the value head goes to ``model.safetensors``
         beside it: safetensors (no pickle), under the name TRL 1.12.0 reads it from. The save goes to a
         temporary sibling first and replaces only the files it supersedes (see :mod:`vhtool.models.saving`).
+        A process that is not the main one (``is_main_process=False``, or a rank other than 0) writes and
+        deletes nothing in the folder.
         """
         save_directory = Path(args[0] if args else kwargs["save_directory"])
         if kwargs.get("push_to_hub"):  # transformers names the repo after the folder: save there directly
             return self._save_into(save_directory, *args[1:], **kwargs)
-        from vhtool.models.saving import save_replacing
+        from vhtool.models.saving import save_replacing, saves_on_this_rank
 
         kwargs.pop("save_directory", None)
-        return save_replacing(save_directory, lambda tmp: self._save_into(tmp, *args[1:], **kwargs))
+        rest = list(args[1:])
+        if rest and not self.is_peft_model:  # transformers' second parameter (PEFT's is safe_serialization)
+            kwargs["is_main_process"] = rest.pop(0)
+        # Decided once, here, and passed down, so the wrapped model (or PEFT) and the move into place agree.
+        main = saves_on_this_rank(bool(kwargs.get("is_main_process", True)))
+        kwargs["is_main_process"] = main
+        return save_replacing(save_directory, lambda tmp: self._save_into(tmp, *rest, **kwargs), main_process=main)
 
     def _save_into(self, save_directory: Path, *args: Any, **kwargs: Any) -> Any:
         if self.is_peft_model:
@@ -456,6 +464,8 @@ class PreTrainedModelWrapper(nn.Module):
                 own = [a for a in self.pretrained_model.peft_config if a != self.rm_adapter_name]
                 kwargs["selected_adapters"] = own
             result = self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
+            if not kwargs.get("is_main_process", True):
+                return result  # like PEFT's own files: only the main process writes the head
             save_directory.mkdir(parents=True, exist_ok=True)
             head = {f"v_head.{k}": v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}
             save_file(head, str(save_directory / PEFT_HEAD_FILE), metadata={"format": "pt"})
