@@ -16,7 +16,17 @@ import pytest
 
 from tests.helpers import TINY_LLAMA_PRESET, make_reward_adapter
 
-COMMANDS = ("init", "make-reference", "attach-reward-adapter", "score", "inspect-layers", "verify", "convert", "push")
+COMMANDS = (
+    "init",
+    "make-reference",
+    "attach-reward-adapter",
+    "score",
+    "evaluate",
+    "inspect-layers",
+    "verify",
+    "convert",
+    "push",
+)
 VHTOOL = str(Path(sys.executable).with_name("vhtool"))
 
 CHOICE_OPTIONS = (
