@@ -281,9 +281,10 @@ def evaluate_command(
 
     Each answer is scored as `vhtool score` scores the same record (prompt + completion, or text), so
     every number equals vhtool score's. Identical sequences are scored once, in length-sorted batches.
-    Records go to stdout (or -o FILE) in input order as {"index", "chosen", "rejected", "margin",
-    "correct", "tie", "subset"} lines; the summary (accuracy with a 95% Wilson interval, ties, subsets,
-    margins) goes to stderr. With --json, stdout gets one object {"summary", "records", "skipped"}.
+    The records go to stdout, or to FILE with -o, in input order: JSON lines with index, chosen,
+    rejected, margin, correct, tie and subset. The summary (accuracy with a 95% Wilson interval, ties,
+    subsets, margins) goes to stderr; with --json, stdout gets one object with summary, records and
+    skipped.
 
     A record is correct when chosen scores strictly above every rejected answer; a tie counts as
     incorrect and is reported. The gates exit 1 after writing the complete output and summary.
