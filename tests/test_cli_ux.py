@@ -24,6 +24,7 @@ COMMANDS = (
     "attach-reward-adapter",
     "score",
     "serve",
+    "evaluate",
     "inspect-layers",
     "verify",
     "convert",

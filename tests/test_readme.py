@@ -65,15 +65,21 @@ def test_the_example_ci_pipeline_runs(hub_server: HubServer, tmp_path: Path) -> 
     workflow = yaml.safe_load((REPO / "examples" / "github-actions.yml").read_text(encoding="utf-8"))
     job = workflow["jobs"]["prepare"]
     steps = [s["run"] for s in job["steps"] if "run" in s and "vhtool " in s["run"] and "pip install" not in s["run"]]
-    assert len(steps) == 3
+    assert len(steps) == 4
     env = _shell_env({**{k: str(v) for k, v in job["env"].items()}, "HF_HUB_OFFLINE": "0"})
     env.update(MODEL="builtin:tiny-llama", REPO="my-org/ci-policy", HF_TOKEN=hub_server.token)
+    # the evaluate step: the fresh policy's value head on two pairs (a random head: no accuracy to demand)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"prompt": "Hi.", "chosen": "Hello!", "rejected": "Go."}\n{"chosen": "Yes.", "rejected": ["No.", "?"]}\n'
+    )
+    env.update(REWARD_MODEL="policy", PAIRS=str(pairs), MIN_ACCURACY="0")
     for step in steps:
         res = _run_block(step, tmp_path, env)
         assert res.returncode == 0, f"{step}\n{res.stderr}"
     import json
 
-    for report in ("init", "reference", "verify", "inspect", "verify-reference", "push"):
+    for report in ("init", "reference", "verify", "inspect", "verify-reference", "evaluate", "push"):
         doc = json.loads((tmp_path / f"{report}.json").read_text())
         assert "error" not in doc, (report, doc)
     assert hub_server.file_bytes("my-org/ci-policy", "model.safetensors")

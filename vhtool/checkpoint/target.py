@@ -204,7 +204,8 @@ def _check_existing_file(path: Path, shown: str, *, force: bool) -> None:
 
 
 def looks_like_score_output(path: Path) -> bool:
-    """True for an empty file or one whose first line is a score record (``{"index": …, "score": …}``)."""
+    """True for an empty file or one whose first line is a score or evaluate record (``{"index": …, "score": …}``,
+    ``{"index": …, "margin": …}``)."""
     try:
         with open(path, "rb") as fh:
             first = fh.readline(1 << 20)
@@ -216,4 +217,4 @@ def looks_like_score_output(path: Path) -> bool:
         doc = json.loads(first)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
-    return isinstance(doc, dict) and "index" in doc and ("score" in doc or "error" in doc)
+    return isinstance(doc, dict) and "index" in doc and ("score" in doc or "error" in doc or "margin" in doc)

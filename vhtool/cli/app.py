@@ -11,6 +11,7 @@ from vhtool._version import __version__
 from vhtool.cli import (
     attach_cmd,
     convert_cmd,
+    evaluate_cmd,
     init_cmd,
     inspect_cmd,
     push_cmd,
@@ -65,6 +66,7 @@ for _name, _module, _fn in (
     ("attach-reward-adapter", attach_cmd, attach_cmd.attach_command),
     ("score", score_cmd, score_cmd.score_command),
     ("serve", serve_cmd, serve_cmd.serve_command),
+    ("evaluate", evaluate_cmd, evaluate_cmd.evaluate_command),
     ("inspect-layers", inspect_cmd, inspect_cmd.inspect_command),
     ("verify", verify_cmd, verify_cmd.verify_command),
     ("convert", convert_cmd, convert_cmd.convert_command),

@@ -1,0 +1,382 @@
+"""``vhtool evaluate``: preference accuracy of a reward model or critic on TRL preference records, and a CI gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, HEADS, JOIN_MODES, ON_ERROR
+from vhtool.cli.common import Choice, ForceOpt, JsonOpt, Out, QuietOpt, choice_enum, examples, handle_errors
+from vhtool.cli.score_cmd import _histogram_rows
+from vhtool.errors import VerificationError, VhtoolError
+
+if TYPE_CHECKING:
+    Head = Choice
+    Join = Choice
+    DType = Choice
+    Device = Choice
+    OnError = Choice
+    DeviceMap = Choice
+else:
+    Head = choice_enum("Head", HEADS)
+    Join = choice_enum("Join", JOIN_MODES)
+    DType = choice_enum("DType", DTYPES)
+    Device = choice_enum("Device", DEVICES)
+    OnError = choice_enum("OnError", ON_ERROR)
+    DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
+
+EXAMPLES = examples(
+    "vhtool init builtin:tiny-gpt2",
+    """echo '{"prompt": "Hi.", "chosen": " Hello!", "rejected": " Go away."}' > pairs.jsonl""",
+    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl -o this.jsonl --require-accuracy 0",
+    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl --compare this.jsonl --json",
+)
+
+
+class _Display:
+    """Phases and sequences scored, on a terminal only (nothing with --json/--quiet or off a terminal)."""
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.bar: Any = None
+        self.task: Any = None
+        self.done = self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> _Display:
+        if self.out.show_progress:
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.fields[rate]}"),
+                console=self.out.err,
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("resolving", rate="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def phase(self, name: str) -> None:
+        if self.bar is not None:
+            self.t0 = time.perf_counter()
+            self.bar.update(self.task, description=name)
+
+    def advance(self, sequences: int, tokens: int) -> None:
+        if self.bar is not None:
+            self.done += sequences
+            self.tokens += tokens
+            seconds = max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(
+                self.task,
+                rate=f"{self.done:,} sequences, {self.done / seconds:,.1f}/s, {self.tokens / seconds:,.0f} tokens/s",
+            )
+
+
+def _summary_table(out: Out, s: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    def num(x: float | None, fmt: str = ".6g") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    table = Table(title="vhtool evaluate", show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    interval = f" (95% CI {s.interval[0]:.4f} - {s.interval[1]:.4f})" if s.interval else ""
+    rows: list[tuple[str, str]] = [
+        ("records", f"{s.count}" + (f" ({s.skipped} skipped)" if s.skipped else "") + f", {s.best_of_n} best-of-N"),
+        ("accuracy", f"{num(s.accuracy, '.4f')}{interval}"),
+        ("correct", f"{s.correct} ({s.ties} ties, counted as incorrect; {s.nonfinite} non-finite)"),
+    ]
+    for i, sub in enumerate(s.subsets):
+        rows.append(("subsets" if i == 0 else "", f"{sub.name}: {sub.accuracy:.4f} ({sub.correct}/{sub.count})"))
+    if s.subsets:
+        rows.append(("mean over subsets", num(s.mean_over_subsets, ".4f")))
+    padding = 0.0 if not s.padded_tokens else 1 - s.tokens / s.padded_tokens
+    rows += [
+        (
+            "margin",
+            f"mean {num(s.margin_mean)}, std {num(s.margin_std)}, min {num(s.margin_min)}, max {num(s.margin_max)}",
+        ),
+        (
+            "sequences",
+            f"{s.answers} answers, {s.sequences} distinct scored; {s.tokens} tokens "
+            f"({padding:.1%} padding, {s.truncated} records truncated)",
+        ),
+        ("speed", f"{s.pairs_per_s:,.1f} records/s"),
+        ("time", f"{s.seconds:.2f} s scoring + {s.load_seconds:.2f} s loading"),
+        ("head", f"{s.head} ({s.head_reason})"),
+        ("join", s.join),
+        ("compute", f"{s.dtype} on {s.device}, {s.padding_side} padding, {s.forward} forward"),
+    ]
+    if s.ranks > 1:
+        rows.append(("ranks", f"{s.ranks} (batches shared round-robin)"))
+    if s.output:
+        rows.append(("output", s.output))
+    c = s.comparison
+    if c is not None:
+        rows.append(
+            (
+                "compare",
+                f"{c.previous}: {c.paired} paired, {c.fixed} fixed, {c.broke} broke, accuracy "
+                f"{c.previous_accuracy:.4f} -> {c.accuracy:.4f}, exact McNemar p = {c.p_value:.4g}",
+            )
+        )
+    if s.gate.require_accuracy is not None or s.gate.require_no_regression:
+        failures = s.gate_failures()
+        rows.append(("gate", "failed" if failures else "passed"))
+    if out.show_progress:  # the histogram is for a person at a terminal; --json carries the same numbers
+        rows.extend(("margin histogram" if k == "histogram" else k, v) for k, v in _histogram_rows(s))
+    for k, v in rows:
+        table.add_row(k, escape(str(v)))
+    out.err.print(table)
+
+
+@handle_errors
+def evaluate_command(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="Reward model or critic: local directory, Hub id or builtin:*.",
+            show_default=False,
+        ),
+    ],
+    input_arg: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="PAIRS",
+            help=(
+                "Preference records: a JSONL file ('-' reads stdin), a JSON array or Parquet file, or a Hub data set "
+                "ORG/NAME (with --split). Fields: chosen, rejected (or a list of rejected: best-of-N), optional "
+                "prompt and subset; strings or lists of {role, content} messages."
+            ),
+            show_default=False,
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", metavar="SPLIT", help="The split of a data set (default: its only one).", show_default=False
+        ),
+    ] = None,
+    subset_field: Annotated[
+        str, typer.Option("--subset-field", metavar="NAME", help="The field that groups records.")
+    ] = "subset",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write the records (JSONL) to FILE, not stdout.", show_default=False
+        ),
+    ] = None,
+    require_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--require-accuracy",
+            metavar="X",
+            help="Exit 1 when accuracy (or, with --conservative, its 95%% lower bound) is below X (0..1).",
+            show_default=False,
+        ),
+    ] = None,
+    conservative: Annotated[
+        bool, typer.Option("--conservative", help="Gate on the 95% Wilson lower bound of accuracy.")
+    ] = False,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            metavar="PREVIOUS",
+            help="The -o output of an earlier run on the same pairs: records that flipped each way, exact McNemar p.",
+            show_default=False,
+        ),
+    ] = None,
+    require_no_regression: Annotated[
+        bool,
+        typer.Option("--require-no-regression", help="With --compare: exit 1 when significantly worse (p < --alpha)."),
+    ] = False,
+    alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level of --compare.")] = 0.05,
+    head: Annotated[
+        Head | None,
+        typer.Option(
+            "--head",
+            help="The reward adapter's score or the value head's. Default: reward when an adapter is attached, "
+            "else value.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, metavar="N", help="At most N sequences per batch.", show_default=False),
+    ] = None,
+    max_batch_tokens: Annotated[
+        int, typer.Option("--max-batch-tokens", min=1, metavar="N", help="At most N padded tokens per batch.")
+    ] = 16384,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            min=1,
+            metavar="N",
+            help="Truncate longer answers to N tokens (flagged).",
+            show_default=False,
+        ),
+    ] = None,
+    join: Annotated[
+        Join | None,
+        typer.Option(
+            "--join",
+            help="How a string prompt and answer are joined: with the tokenizer's chat template, or concatenated. "
+            "Default: chat if the tokenizer has a template.",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")] = DType(
+        "float32"
+    ),
+    device: Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")] = Device(
+        "auto"
+    ),
+    on_error: Annotated[
+        OnError, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
+    ] = OnError("fail"),
+    device_map: Annotated[
+        DeviceMap | None,
+        typer.Option("--device-map", help="Big-model loading (accelerate), as in vhtool score.", show_default=False),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option("--max-memory", metavar="CAPS", help="With --device-map: a cap per device.", show_default=False),
+    ] = None,
+    offload_folder: Annotated[
+        str | None,
+        typer.Option("--offload-folder", metavar="DIR", help="With --device-map: offload folder.", show_default=False),
+    ] = None,
+    dist_timeout: Annotated[
+        float,
+        typer.Option(
+            "--dist-timeout",
+            metavar="SECONDS",
+            help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
+        ),
+    ] = 1800.0,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """How often the model scores the chosen answer above the rejected one(s); exit 1 below the gate.
+
+    Each answer is scored as `vhtool score` scores the same record (prompt + completion, or text), so
+    every number equals vhtool score's. Identical sequences are scored once, in length-sorted batches.
+    The records go to stdout, or to FILE with -o, in input order: JSON lines with index, chosen,
+    rejected, margin, correct, tie and subset. The summary (accuracy with a 95% Wilson interval, ties,
+    subsets, margins) goes to stderr; with --json, stdout gets one object with summary, records and
+    skipped.
+
+    A record is correct when chosen scores strictly above every rejected answer; a tie counts as
+    incorrect and is reported. The gates exit 1 after writing the complete output and summary.
+
+    Under `torchrun --nproc-per-node K -m vhtool evaluate ...` the ranks share the batches; rank 0 writes
+    the one output, byte-identical to a single process's.
+    """
+    from vhtool.models.evaluate import EvalOptions, Gate, PairResult, evaluate_pairs, source_from_arg
+    from vhtool.models.scoring.options import ScoreOptions
+    from vhtool.models.scoring.ranks import detect_distributed
+    from vhtool.models.scoring.results import SkippedRecord
+
+    env = detect_distributed()
+    worker = env is not None and env.rank != 0
+    out = Out(json_mode=json_out, quiet=quiet or worker)
+    options = ScoreOptions(
+        head=None if head is None else head.value,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+        join=None if join is None else join.value,
+        dtype=dtype.value,
+        device=device.value,
+        on_error=on_error.value,
+        device_map=None if device_map is None else device_map.value,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+    )
+    eval_options = EvalOptions(
+        subset_field=subset_field,
+        compare=compare_with,
+        alpha=alpha,
+        gate=Gate(
+            require_accuracy=require_accuracy, conservative=conservative, require_no_regression=require_no_regression
+        ),
+    )
+    source = source_from_arg(input_arg, split=split)
+
+    collected: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+
+    def on_skip(rec: SkippedRecord) -> None:
+        skipped.append({"index": rec.index, "line": rec.line, "reason": rec.reason})
+        out.warn(f"{source.label()}: {source.unit} {rec.line}: {rec.reason}; skipped.")
+
+    def on_record(rec: PairResult) -> None:
+        if json_out:
+            collected.append(rec.to_json())
+        else:
+            sys.stdout.write(json.dumps(rec.to_json(), allow_nan=False) + "\n")
+
+    try:
+        with _Display(out) as display:
+            summary = evaluate_pairs(
+                checkpoint,
+                source=source,
+                options=options,
+                eval_options=eval_options,
+                output=output,
+                force=force,
+                on_record=on_record if output is None else None,
+                on_skip=on_skip,
+                progress=display.advance,
+                on_phase=display.phase,
+                validate_first=output is None and not json_out,
+                env=env,
+                timeout_s=dist_timeout,
+            )
+        sys.stdout.flush()
+    except VhtoolError as exc:
+        if worker:  # the same error is raised on every rank; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    except BrokenPipeError:  # e.g. `vhtool evaluate ... | head`: the reader has gone, stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    if summary is None:  # a rank other than 0: rank 0 reports for the job
+        return
+    for note in summary.notes:
+        out.warn(note)
+    if json_out:
+        doc: dict[str, Any] = {"summary": summary.to_json()}
+        if output is None:
+            doc["records"] = collected
+        doc["skipped"] = skipped
+        out.data(doc)
+    elif not quiet:
+        _summary_table(out, summary)
+    failures = summary.gate_failures()
+    if failures:
+        raise VerificationError("; ".join(failures) + ".", problems=failures)
+
+
+__all__ = ["EXAMPLES", "evaluate_command"]
