@@ -23,6 +23,13 @@ from vhtool.cli.common import expand_home, names_a_path
 #: classified: a path (a metavar in PATH_METAVARS, or a ``Path`` type) or one of these.
 NOT_PATHS = {
     "TEXT",
+    "HOST",  # serve
+    "PORT",
+    "KEY",
+    "MS",
+    "SPLIT",  # evaluate
+    "X",
+    "P",
     "GLOB",
     "PATTERN",
     "NAME",

@@ -79,13 +79,14 @@ def weight_files(src: Path) -> tuple[str, list[str]]:
         InputError: no weights of either format.
     """
     for fmt, single, index in (("safetensors", SINGLE_FILE, INDEX_FILE), ("pickle", PICKLE_FILE, PICKLE_INDEX_FILE)):
+        # the single file first, as transformers' from_pretrained does: a stale index beside it is not read
+        if (src / single).is_file():
+            return fmt, [single]
         if (src / index).is_file():
             wmap = read_json_object(safe_member(src, index, "the index"), index).get("weight_map") or {}
             if not isinstance(wmap, dict):
                 raise CheckpointError(f"{src / index}: weight_map is not an object.")
             return fmt, sorted({str(v) for v in wmap.values()})
-        if (src / single).is_file():
-            return fmt, [single]
     raise InputError(f"{src}: no weights ({SINGLE_FILE}, {INDEX_FILE}, {PICKLE_FILE} or {PICKLE_INDEX_FILE}).")
 
 

@@ -53,7 +53,9 @@ else:
 
 #: The metavars of the arguments and options that name a local path (or a model that may be one). They are
 #: the words the help shows, so a new path option gets `~` expanded by being declared the way it is documented.
-PATH_METAVARS = frozenset({"OUT", "FILE", "DIR", "CHECKPOINT", "CHECKPOINT_B", "MODEL", "POLICY", "ADAPTER", "SRC"})
+PATH_METAVARS = frozenset(
+    {"OUT", "FILE", "DIR", "CHECKPOINT", "CHECKPOINT_B", "MODEL", "POLICY", "ADAPTER", "SRC", "PAIRS"}
+)
 
 
 def names_a_path(param: Any) -> bool:
