@@ -86,9 +86,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def head_sha256(checkpoint: str) -> str | None:
     """The sha256 that ``vhtool.json`` records for the file holding the value head, when there is one."""
+    from vhtool.checkpoint.catalogue import MANIFEST_FILE
     from vhtool.checkpoint.manifest import read_manifest
 
-    path = Path(checkpoint) / "vhtool.json"
+    path = Path(checkpoint) / MANIFEST_FILE
     if not path.is_file():
         return None
     try:
