@@ -352,13 +352,7 @@ def _load_model(checkpoint: str, options: ScoreOptions, dtype: Any) -> tuple[Any
 
     from vhtool.models.value_head import AutoModelForCausalLMWithValueHead
 
-    load_kwargs: dict[str, Any] = {"dtype": dtype}
-    if options.device_map is not None:
-        load_kwargs["device_map"] = options.device_map
-        if options.max_memory is not None:
-            load_kwargs["max_memory"] = parse_max_memory(options.max_memory)
-        if options.offload_folder is not None:
-            load_kwargs["offload_folder"] = options.offload_folder
+    load_kwargs = _load_kwargs(options, dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -375,6 +369,18 @@ def _load_model(checkpoint: str, options: ScoreOptions, dtype: Any) -> tuple[Any
     return model, list(caught)
 
 
+def _load_kwargs(options: ScoreOptions, dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s keyword arguments for the compute dtype and big-model loading (``--device-map``)."""
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.device_map is not None:
+        load_kwargs["device_map"] = options.device_map
+        if options.max_memory is not None:
+            load_kwargs["max_memory"] = parse_max_memory(options.max_memory)
+        if options.offload_folder is not None:
+            load_kwargs["offload_folder"] = options.offload_folder
+    return load_kwargs
+
+
 def _load_classifier(
     load_from: Any, kind: str, options: ScoreOptions, dtype: Any
 ) -> tuple[Any, list[warnings.WarningMessage]]:
@@ -384,13 +390,7 @@ def _load_classifier(
     from vhtool.models.loading import LoadReport
 
     cls = AutoModelForSequenceClassification if kind == "seq-cls" else AutoModelForTokenClassification
-    load_kwargs: dict[str, Any] = {"dtype": dtype}
-    if options.device_map is not None:
-        load_kwargs["device_map"] = options.device_map
-        if options.max_memory is not None:
-            load_kwargs["max_memory"] = parse_max_memory(options.max_memory)
-        if options.offload_folder is not None:
-            load_kwargs["offload_folder"] = options.offload_folder
+    load_kwargs = _load_kwargs(options, dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
