@@ -287,7 +287,9 @@ def evaluate_command(
     """How often the model scores the chosen answer above the rejected one(s); exit 1 below the gate.
 
     Each answer is scored as `vhtool score` scores the same record (prompt + completion, or text), so
-    every number equals vhtool score's. Identical sequences are scored once, in length-sorted batches.
+    every number equals vhtool score's. Identical sequences are scored once (within each window of 4096
+    records), in length-sorted batches; for a causal model the prompt a record's answers share runs once and
+    the answers from its cached keys and values (--no-prompt-cache: each sequence whole).
     The records go to stdout, or to FILE with -o, in input order: JSON lines with index, chosen,
     rejected, margin, correct, tie and subset. The summary (accuracy with a 95% Wilson interval, ties,
     subsets, margins) goes to stderr; with --json, stdout gets one object with summary, records and
