@@ -1,18 +1,21 @@
 """Benchmark of ``vhtool evaluate`` against a RewardBench-style loop and against the limit (one run, one machine).
 
-    .venv/bin/python scripts/bench_evaluate.py [--pairs 2000] [--seed 0]
+    .venv/bin/python scripts/bench_evaluate.py [--pairs 2000] [--seed 0] [--prompt-cache]
 
 Data: one seeded synthetic preference set (``--pairs`` records): lognormal prompt and answer lengths (words of a
 small vocabulary; prompt median 20 words, answer median 30, sigma 0.8, clipped to 1-250), 25% conversational
-(lists of messages), 20% best-of-4 (three rejected answers), the rest standard strings. Model: a random Llama
-(hidden 128, 2 layers, the tokenizer and chat template of ``builtin:tiny-llama``), ``vhtool init``-ed, and the
-same head converted to a sequence-classification reward model with ``vhtool convert --to seq-cls`` (what
-RewardBench loads; this branch's ``evaluate`` reads value-head checkpoints, seq-cls comes with ``serve``'s engine).
+(lists of messages), 20% best-of-4 (three rejected answers), the rest standard strings. With ``--prompt-cache``
+the prompts' median is the answers' (30 words), so prompts are about half of every scored sequence's tokens.
+Model: one tiny sequence-classification reward model, ``LlamaForSequenceClassification`` (num_labels=1; random,
+seeded; hidden 128, 2 layers, the tokenizer and chat template of ``builtin:tiny-llama``) saved by
+``save_pretrained``: what RewardBench loads, and what every method here runs.
 
 Each method runs as a whole child process (wall time and the child's own peak RSS from ``wait4``), on the same
 token sequences (every method tokenises an answer as ``vhtool score`` does: chat template, no added specials):
 
-* ``vhtool evaluate CKPT -i pairs.jsonl -o FILE --json`` (the real CLI).
+* ``vhtool evaluate CKPT -i pairs.jsonl -o FILE --json`` (the real CLI), twice: as it runs by default (the
+  prompt cache on: a record's shared prompt runs once, its answers from the cached keys and values) and with
+  ``--no-prompt-cache`` (every distinct sequence forwarded whole, what the limit below does).
 * RewardBench stand-in (``rewardbench/rewardbench.py``): records in file order (``shuffle=False``), batches of 8
   (``batch_size: int = 8``), left padding (``tokenizer.padding_side = "left"``) with an attention mask and no
   position ids (what its ``text-classification`` pipeline passes), chosen and rejected as separate forwards
@@ -23,8 +26,10 @@ token sequences (every method tokenises an answer as ``vhtool score`` does: chat
   mask) under the same 16,384-token budget; seq-cls backbone + score head at the last position.
 
 Reported: pairs/s over the whole process and over the scoring loop, peak RSS, accuracy, and the largest
-difference of any answer's score from ``vhtool score``'s on the same record. Threads: 2. Results are printed and
-written to ``bench-work/evaluate/results.json``. Not a test.
+difference of any answer's score from ``vhtool score``'s on the same record; then vhtool's loop (without the
+cache) against the limit's and the RewardBench loop's, and the prompt cache's speed-up. Threads: 2. Results are
+printed and written to ``bench-work/evaluate/results[-prompt-cache].json``. Not a test. A quick smoke:
+``--pairs 50``.
 """
 
 from __future__ import annotations
@@ -106,19 +111,16 @@ def measured(cmd: list[str]) -> tuple[str, float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- set-up
-def make_models() -> tuple[Path, Path]:
-    """A random Llama (hidden 128, 2 layers) with tiny-llama's tokenizer: value-head checkpoint + seq-cls copy."""
-    vh, seqcls = WORK / "vh", WORK / "seqcls"
-    if (vh / "vhtool.json").is_file() and (seqcls / "config.json").is_file():
-        return vh, seqcls
-    import shutil
-
+def make_model() -> Path:
+    """One tiny seq-cls reward model: a random Llama (hidden 128, 2 layers) with tiny-llama's tokenizer."""
+    path = WORK / "seqcls"
+    if (path / "config.json").is_file():
+        return path
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     from vhtool.builtin import builtin_path
 
-    base = WORK / "base"
     tok = AutoTokenizer.from_pretrained(builtin_path("builtin:tiny-llama"))
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -129,20 +131,20 @@ def make_models() -> tuple[Path, Path]:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
+        num_labels=1,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    LlamaForCausalLM(cfg).save_pretrained(base)
-    tok.save_pretrained(base)
-    for d in (vh, seqcls):
-        shutil.rmtree(d, ignore_errors=True)
-    subprocess.run([VHTOOL, "init", str(base), "-o", str(vh), "--v-head-init", "normal", "-q"], check=True)
-    subprocess.run([VHTOOL, "convert", str(vh), "--to", "seq-cls", "-o", str(seqcls), "-q"], check=True)
-    return vh, seqcls
+    model = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():  # a head that separates answers (the default init is near zero)
+        model.score.weight.normal_(0, 1 / 128**0.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
-def make_pairs(n: int, seed: int) -> Path:
+def make_pairs(n: int, seed: int, *, prompt_median: float = 20) -> Path:
     rng = random.Random(seed)
 
     def text(median: float) -> str:
@@ -151,7 +153,7 @@ def make_pairs(n: int, seed: int) -> Path:
 
     records = []
     for i in range(n):
-        prompt = text(20)
+        prompt = text(prompt_median)
         answers = [text(30) for _ in range(4 if rng.random() < 0.2 else 2)]
         rec: dict[str, Any] = {"subset": ["chat", "code", "math", "safety"][i % 4]}
         if rng.random() < 0.25:
@@ -163,7 +165,7 @@ def make_pairs(n: int, seed: int) -> Path:
             rec["chosen"], rest = answers[0], answers[1:]
         rec["rejected"] = rest if len(rest) > 1 else rest[0]
         records.append(rec)
-    path = WORK / f"pairs-{n}-{seed}.jsonl"
+    path = WORK / f"pairs-{n}-{seed}-{prompt_median:g}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
@@ -271,6 +273,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompt-cache", action="store_true", help="prompts as long as answers: half of each sequence's tokens"
+    )
     parser.add_argument("--child", choices=("standin", "limit"))
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--input", type=Path)
@@ -280,8 +285,8 @@ def main() -> None:
         child(args.child, args.checkpoint, args.input, args.result)
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    vh, seqcls = make_models()
-    pairs = make_pairs(args.pairs, args.seed)
+    model = make_model()
+    pairs = make_pairs(args.pairs, args.seed, prompt_median=30 if args.prompt_cache else 20)
     answers = answers_of(pairs)
     n_answers = sum(map(len, answers))
 
@@ -290,7 +295,7 @@ def main() -> None:
     flat.write_text("".join(json.dumps(a) + "\n" for g in answers for a in g))
     ref_out = WORK / "reference.jsonl"
     ref_out.unlink(missing_ok=True)
-    measured([VHTOOL, "score", str(vh), "-i", str(flat), "-o", str(ref_out), "--json"])
+    measured([VHTOOL, "score", str(model), "-i", str(flat), "-o", str(ref_out), "--json"])
     ref_flat = [json.loads(line)["score"] for line in ref_out.read_text().splitlines()]
     ref, k = [], 0
     for g in answers:
@@ -298,24 +303,27 @@ def main() -> None:
         k += len(g)
 
     rows: dict[str, dict[str, Any]] = {}
-    out = WORK / "evaluate.jsonl"
-    out.unlink(missing_ok=True)
-    stdout, wall, rss = measured([VHTOOL, "evaluate", str(vh), "-i", str(pairs), "-o", str(out), "--json"])
-    summary = json.loads(stdout)["summary"]
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    got = [[r["chosen"], *(r["rejected"] if isinstance(r["rejected"], list) else [r["rejected"]])] for r in recs]
-    rows["vhtool evaluate"] = {
-        "wall_s": wall,
-        "loop_s": summary["seconds"],
-        "rss_mib": rss,
-        "accuracy": summary["accuracy"],
-        "scores": got,
-        "tokens": summary["tokens"],
-        "padded": summary["padded_tokens"],
-    }
+    for label, extra in (("vhtool evaluate", []), ("  --no-prompt-cache", ["--no-prompt-cache"])):
+        out = WORK / "evaluate.jsonl"
+        out.unlink(missing_ok=True)
+        cmd = [VHTOOL, "evaluate", str(model), "-i", str(pairs), "-o", str(out), "--json", *extra]
+        stdout, wall, rss = measured(cmd)
+        summary = json.loads(stdout)["summary"]
+        recs = [json.loads(line) for line in out.read_text().splitlines()]
+        got = [[r["chosen"], *(r["rejected"] if isinstance(r["rejected"], list) else [r["rejected"]])] for r in recs]
+        rows[label] = {
+            "wall_s": wall,
+            "loop_s": summary["seconds"],
+            "rss_mib": rss,
+            "accuracy": summary["accuracy"],
+            "scores": got,
+            "tokens": summary["forwarded_tokens"],
+            "padded": summary["padded_tokens"],
+            "prompt_cache": summary["prompt_cache"],
+        }
     for kind, label in (("standin", "RewardBench loop"), ("limit", "limit")):
         res = WORK / f"{kind}.json"
-        cmd = [sys.executable, __file__, "--child", kind, "--checkpoint", str(seqcls), "--input", str(pairs)]
+        cmd = [sys.executable, __file__, "--child", kind, "--checkpoint", str(model), "--input", str(pairs)]
         _, wall, rss = measured([*cmd, "--result", str(res)])
         doc = json.loads(res.read_text())
         rows[label] = {
@@ -327,10 +335,22 @@ def main() -> None:
             "tokens": doc["tokens"],
             "padded": doc["padded"],
         }
-    report: dict[str, Any] = {"pairs": args.pairs, "answers": n_answers, "threads": THREADS, "methods": {}}
+    report: dict[str, Any] = {
+        "pairs": args.pairs,
+        "answers": n_answers,
+        "threads": THREADS,
+        "prompt_median_words": 30 if args.prompt_cache else 20,
+        "prompt_cache": rows["vhtool evaluate"]["prompt_cache"],
+        "methods": {},
+    }
     print(f"{args.pairs} pairs, {n_answers} answers; reference accuracy (vhtool score) {accuracy(ref):.4f}")
+    cache = rows["vhtool evaluate"]["prompt_cache"]
     print(
-        f"{'method':<18}{'pairs/s':>9}{'loop p/s':>10}{'wall s':>8}{'RSS MiB':>9}{'accuracy':>10}"
+        f"prompt cache {cache['state']}: {cache['prompts']} prompts run once for {cache['answers']} answers, "
+        f"{cache['tokens_saved']} tokens not recomputed"
+    )
+    print(
+        f"{'method':<20}{'pairs/s':>9}{'loop p/s':>10}{'wall s':>8}{'RSS MiB':>9}{'accuracy':>10}"
         f"{'padding':>9}{'max |diff|':>12}"
     )
     for label, row in rows.items():
@@ -349,19 +369,22 @@ def main() -> None:
         }
         report["methods"][label] = entry
         print(
-            f"{label:<18}{entry['pairs_per_s']:>9.1f}{entry['loop_pairs_per_s']:>10.1f}{row['wall_s']:>8.1f}"
+            f"{label:<20}{entry['pairs_per_s']:>9.1f}{entry['loop_pairs_per_s']:>10.1f}{row['wall_s']:>8.1f}"
             f"{row['rss_mib']:>9.0f}{row['accuracy']:>10.4f}{entry['padding_fraction']:>9.1%}{diff:>12.2e}"
         )
     m = report["methods"]
-    report["vhtool_vs_limit_loop"] = m["vhtool evaluate"]["loop_pairs_per_s"] / m["limit"]["loop_pairs_per_s"]
-    report["vhtool_vs_rewardbench_loop"] = (
-        m["vhtool evaluate"]["loop_pairs_per_s"] / m["RewardBench loop"]["loop_pairs_per_s"]
-    )
+    plain = m["  --no-prompt-cache"]["loop_pairs_per_s"]
+    report["vhtool_vs_limit_loop"] = plain / m["limit"]["loop_pairs_per_s"]
+    report["vhtool_vs_rewardbench_loop"] = plain / m["RewardBench loop"]["loop_pairs_per_s"]
+    report["prompt_cache_speedup_loop"] = m["vhtool evaluate"]["loop_pairs_per_s"] / plain
+    report["prompt_cache_vs_limit_loop"] = m["vhtool evaluate"]["loop_pairs_per_s"] / m["limit"]["loop_pairs_per_s"]
     print(
-        f"vhtool evaluate's loop: {report['vhtool_vs_limit_loop']:.0%} of the limit's, "
-        f"{report['vhtool_vs_rewardbench_loop']:.2f}x the RewardBench loop's"
+        f"vhtool evaluate's loop without the cache: {report['vhtool_vs_limit_loop']:.0%} of the limit's, "
+        f"{report['vhtool_vs_rewardbench_loop']:.2f}x the RewardBench loop's; the prompt cache: "
+        f"{report['prompt_cache_speedup_loop']:.2f}x that ({report['prompt_cache_vs_limit_loop']:.2f}x the limit)"
     )
-    (WORK / "results.json").write_text(json.dumps(report, indent=2))
+    name = "results-prompt-cache.json" if args.prompt_cache else "results.json"
+    (WORK / name).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

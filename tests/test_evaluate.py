@@ -512,7 +512,8 @@ def test_torchrun_output_is_byte_identical_to_one_process(initialised: Any, tmp_
     records = []
     for i in range(40):
         rejected: Any = text(rng.randint(1, 30)) if i % 3 else [text(rng.randint(1, 30)) for _ in range(3)]
-        records.append({"prompt": text(rng.randint(1, 12)), "chosen": text(rng.randint(1, 30)), "rejected": rejected})
+        # prompts of 1-16 words: most are long enough for the prompt cache, a few run whole
+        records.append({"prompt": text(rng.randint(1, 16)), "chosen": text(rng.randint(1, 30)), "rejected": rejected})
     src = write_jsonl(tmp_path / "p.jsonl", records)
     policy = initialised("builtin:tiny-gpt2")
     args = [str(policy), "-i", str(src), "--max-batch-tokens", "160"]
@@ -533,6 +534,9 @@ def test_torchrun_output_is_byte_identical_to_one_process(initialised: Any, tmp_
     summary, single = json.loads(proc.stdout)["summary"], json.loads(base.stdout)["summary"]
     assert summary["ranks"] == 2 and single["ranks"] == 1 and summary["batches"] >= 4
     same = ("count", "correct", "ties", "accuracy", "interval", "margin", "sequences", "tokens", "batches")
+    same += ("prompt_cache", "forwarded_tokens")
     assert {k: summary[k] for k in same} == {k: single[k] for k in same}
+    assert summary["prompt_cache"]["state"] == "on" and summary["prompt_cache"]["prompts"] > 4
+    assert summary["forwarded_tokens"] < summary["tokens"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "ranks.jsonl", "single.jsonl"]
     assert not math.isnan(summary["accuracy"])

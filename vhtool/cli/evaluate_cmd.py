@@ -11,25 +11,42 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, HEADS, JOIN_MODES, ON_ERROR
-from vhtool.cli.common import Choice, ForceOpt, JsonOpt, Out, QuietOpt, choice_enum, examples, handle_errors
-from vhtool.cli.score_cmd import _histogram_rows
+from vhtool.choices import JOIN_MODES
+from vhtool.cli.common import (
+    AllowMissingOpt,
+    Choice,
+    ForceOpt,
+    JsonOpt,
+    Out,
+    QuietOpt,
+    choice_enum,
+    examples,
+    handle_errors,
+)
+from vhtool.cli.score_cmd import (
+    AllowPickleOpt,
+    Device,
+    DeviceMapOpt,
+    DeviceOpt,
+    DistTimeoutOpt,
+    DType,
+    DTypeOpt,
+    HeadOpt,
+    MaxBatchTokensOpt,
+    MaxMemoryOpt,
+    NoNormalizeOpt,
+    OffloadFolderOpt,
+    OnError,
+    OnErrorOpt,
+    ReadoutOpt,
+    _histogram_rows,
+)
 from vhtool.errors import VerificationError, VhtoolError
 
 if TYPE_CHECKING:
-    Head = Choice
     Join = Choice
-    DType = Choice
-    Device = Choice
-    OnError = Choice
-    DeviceMap = Choice
 else:
-    Head = choice_enum("Head", HEADS)
     Join = choice_enum("Join", JOIN_MODES)
-    DType = choice_enum("DType", DTYPES)
-    Device = choice_enum("Device", DEVICES)
-    OnError = choice_enum("OnError", ON_ERROR)
-    DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2",
@@ -104,7 +121,7 @@ def _summary_table(out: Out, s: Any) -> None:
         rows.append(("subsets" if i == 0 else "", f"{sub.name}: {sub.accuracy:.4f} ({sub.correct}/{sub.count})"))
     if s.subsets:
         rows.append(("mean over subsets", num(s.mean_over_subsets, ".4f")))
-    padding = 0.0 if not s.padded_tokens else 1 - s.tokens / s.padded_tokens
+    padding = 0.0 if not s.padded_tokens else 1 - s.forwarded_tokens / s.padded_tokens
     rows += [
         (
             "margin",
@@ -114,6 +131,16 @@ def _summary_table(out: Out, s: Any) -> None:
             "sequences",
             f"{s.answers} answers, {s.sequences} distinct scored; {s.tokens} tokens "
             f"({padding:.1%} padding, {s.truncated} records truncated)",
+        ),
+        (
+            "prompt cache",
+            s.prompt_cache
+            + (
+                f" ({s.cached_prompts} prompts run once for {s.cached_answers} answers, "
+                f"{s.tokens - s.forwarded_tokens} tokens not recomputed)"
+                if s.cached_prompts
+                else ""
+            ),
         ),
         ("speed", f"{s.pairs_per_s:,.1f} records/s"),
         ("time", f"{s.seconds:.2f} s scoring + {s.load_seconds:.2f} s loading"),
@@ -209,22 +236,12 @@ def evaluate_command(
         typer.Option("--require-no-regression", help="With --compare: exit 1 when significantly worse (p < --alpha)."),
     ] = False,
     alpha: Annotated[float, typer.Option("--alpha", metavar="P", help="Significance level of --compare.")] = 0.05,
-    head: Annotated[
-        Head | None,
-        typer.Option(
-            "--head",
-            help="The reward adapter's score or the value head's. Default: reward when an adapter is attached, "
-            "else value.",
-            show_default=False,
-        ),
-    ] = None,
+    head: HeadOpt = None,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, metavar="N", help="At most N sequences per batch.", show_default=False),
     ] = None,
-    max_batch_tokens: Annotated[
-        int, typer.Option("--max-batch-tokens", min=1, metavar="N", help="At most N padded tokens per batch.")
-    ] = 16384,
+    max_batch_tokens: MaxBatchTokensOpt = 16384,
     max_length: Annotated[
         int | None,
         typer.Option(
@@ -244,35 +261,25 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
-    dtype: Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")] = DType(
-        "float32"
-    ),
-    device: Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")] = Device(
-        "auto"
-    ),
-    on_error: Annotated[
-        OnError, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
-    ] = OnError("fail"),
-    device_map: Annotated[
-        DeviceMap | None,
-        typer.Option("--device-map", help="Big-model loading (accelerate), as in vhtool score.", show_default=False),
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option("--max-memory", metavar="CAPS", help="With --device-map: a cap per device.", show_default=False),
-    ] = None,
-    offload_folder: Annotated[
-        str | None,
-        typer.Option("--offload-folder", metavar="DIR", help="With --device-map: offload folder.", show_default=False),
-    ] = None,
-    dist_timeout: Annotated[
-        float,
+    dtype: DTypeOpt = DType("float32"),
+    device: DeviceOpt = Device("auto"),
+    on_error: OnErrorOpt = OnError("fail"),
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    readout: ReadoutOpt = None,
+    no_normalize: NoNormalizeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    prompt_cache: Annotated[
+        bool,
         typer.Option(
-            "--dist-timeout",
-            metavar="SECONDS",
-            help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
+            "--prompt-cache/--no-prompt-cache",
+            help="Causal models: run the prompt an answer shares with the other answers of its record once and "
+            "the answers from its cached keys and values (checked at load; off for other models).",
         ),
-    ] = 1800.0,
+    ] = True,
+    dist_timeout: DistTimeoutOpt = 1800.0,
+    allow_missing: AllowMissingOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -280,7 +287,9 @@ def evaluate_command(
     """How often the model scores the chosen answer above the rejected one(s); exit 1 below the gate.
 
     Each answer is scored as `vhtool score` scores the same record (prompt + completion, or text), so
-    every number equals vhtool score's. Identical sequences are scored once, in length-sorted batches.
+    every number equals vhtool score's. Identical sequences are scored once (within each window of 4096
+    records), in length-sorted batches; for a causal model the prompt a record's answers share runs once and
+    the answers from its cached keys and values (--no-prompt-cache: each sequence whole).
     The records go to stdout, or to FILE with -o, in input order: JSON lines with index, chosen,
     rejected, margin, correct, tie and subset. The summary (accuracy with a 95% Wilson interval, ties,
     subsets, margins) goes to stderr; with --json, stdout gets one object with summary, records and
@@ -312,11 +321,16 @@ def evaluate_command(
         device_map=None if device_map is None else device_map.value,
         max_memory=max_memory,
         offload_folder=offload_folder,
+        allow_missing=allow_missing,
+        readout=None if readout is None else readout.value,
+        normalize=not no_normalize,
+        allow_pickle=allow_pickle,
     )
     eval_options = EvalOptions(
         subset_field=subset_field,
         compare=compare_with,
         alpha=alpha,
+        prompt_cache=prompt_cache,
         gate=Gate(
             require_accuracy=require_accuracy, conservative=conservative, require_no_regression=require_no_regression
         ),

@@ -45,6 +45,87 @@ else:
     DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
     ReadoutRule = choice_enum("ReadoutRule", READOUTS)
 
+# ---------------------------------------------------------------------------------------- the model options
+# Declared once, here: `vhtool evaluate` runs the same engine and takes the same model options (same names,
+# choices and help), so a new model option of `score` is one alias that both signatures name.
+HeadOpt = Annotated[
+    Head | None,
+    typer.Option(
+        "--head",
+        help="The reward adapter's score or the value head's. Default: reward when an adapter is attached, "
+        "else value.",
+        show_default=False,
+    ),
+]
+MaxBatchTokensOpt = Annotated[
+    int, typer.Option("--max-batch-tokens", min=1, metavar="N", help="At most N padded tokens per batch.")
+]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")]
+OnErrorOpt = Annotated[
+    OnError, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
+]
+DeviceMapOpt = Annotated[
+    DeviceMap | None,
+    typer.Option(
+        "--device-map",
+        help=(
+            "Big-model loading (accelerate): the model is split over the GPUs and offloaded to CPU/disk "
+            "as needed; --device is then ignored."
+        ),
+        show_default=False,
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="CAPS",
+        help='With --device-map: a cap per device, e.g. cpu=200MB,0=20GiB or {"cpu": "200MB", "0": "20GiB"}.',
+        show_default=False,
+    ),
+]
+OffloadFolderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--offload-folder",
+        metavar="DIR",
+        help="With --device-map: where weights offloaded to disk go.",
+        show_default=False,
+    ),
+]
+ReadoutOpt = Annotated[
+    ReadoutRule | None,
+    typer.Option(
+        "--readout",
+        help=(
+            "Which token a sequence's score is read at: last, last-non-pad (transformers' classifiers), eos "
+            "(the sequence ends with EOS, OpenRLHF), before-eos (DeepSpeed-Chat, trlx's RM). Default: the rule "
+            "vhtool.json records, else the checkpoint convention's (docs/conventions.md)."
+        ),
+        show_default=False,
+    ),
+]
+NoNormalizeOpt = Annotated[
+    bool,
+    typer.Option("--no-normalize", help="Skip the normalisation the checkpoint records (OpenRLHF mean/std)."),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Read a framework's pytorch_model.bin (DeepSpeed-Chat, trlx) with torch's weights-only loader.",
+    ),
+]
+DistTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--dist-timeout",
+        metavar="SECONDS",
+        help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
+    ),
+]
+
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2",
     "vhtool score tiny-gpt2-value-head --text 'Hello there.' --text 'Good night.'",
@@ -189,23 +270,13 @@ def score_command(
         list[str] | None,
         typer.Option("--text", metavar="TEXT", help="A text to score (repeatable).", show_default=False),
     ] = None,
-    head: Annotated[
-        Head | None,
-        typer.Option(
-            "--head",
-            help="The reward adapter's score or the value head's. Default: reward when an adapter is attached, "
-            "else value.",
-            show_default=False,
-        ),
-    ] = None,
+    head: HeadOpt = None,
     per_token: Annotated[bool, typer.Option("--per-token", help="Also emit the head's value at every token.")] = False,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, metavar="N", help="At most N records per batch.", show_default=False),
     ] = None,
-    max_batch_tokens: Annotated[
-        int, typer.Option("--max-batch-tokens", min=1, metavar="N", help="At most N padded tokens per batch.")
-    ] = 16384,
+    max_batch_tokens: MaxBatchTokensOpt = 16384,
     max_length: Annotated[
         int | None,
         typer.Option(
@@ -225,78 +296,19 @@ def score_command(
             show_default=False,
         ),
     ] = None,
-    dtype: Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")] = DType(
-        "float32"
-    ),
-    device: Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")] = Device(
-        "auto"
-    ),
-    on_error: Annotated[
-        OnError, typer.Option("--on-error", help="fail (exit 2 at the first bad record) or skip (warn, go on).")
-    ] = OnError("fail"),
+    dtype: DTypeOpt = DType("float32"),
+    device: DeviceOpt = Device("auto"),
+    on_error: OnErrorOpt = OnError("fail"),
     input_format: Annotated[
         InputFormat, typer.Option("--format", help="Input format (auto: from the suffix, else the first line).")
     ] = InputFormat("auto"),
-    device_map: Annotated[
-        DeviceMap | None,
-        typer.Option(
-            "--device-map",
-            help=(
-                "Big-model loading (accelerate): the model is split over the GPUs and offloaded to CPU/disk "
-                "as needed; --device is then ignored."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory",
-            metavar="CAPS",
-            help='With --device-map: a cap per device, e.g. cpu=200MB,0=20GiB or {"cpu": "200MB", "0": "20GiB"}.',
-            show_default=False,
-        ),
-    ] = None,
-    offload_folder: Annotated[
-        str | None,
-        typer.Option(
-            "--offload-folder",
-            metavar="DIR",
-            help="With --device-map: where weights offloaded to disk go.",
-            show_default=False,
-        ),
-    ] = None,
-    readout: Annotated[
-        ReadoutRule | None,
-        typer.Option(
-            "--readout",
-            help=(
-                "Which token a sequence's score is read at: last, last-non-pad (transformers' classifiers), eos "
-                "(the sequence ends with EOS, OpenRLHF), before-eos (DeepSpeed-Chat, trlx's RM). Default: the rule "
-                "vhtool.json records, else the checkpoint convention's (docs/conventions.md)."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    no_normalize: Annotated[
-        bool,
-        typer.Option("--no-normalize", help="Skip the normalisation the checkpoint records (OpenRLHF mean/std)."),
-    ] = False,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--allow-pickle",
-            help="Read a framework's pytorch_model.bin (DeepSpeed-Chat, trlx) with torch's weights-only loader.",
-        ),
-    ] = False,
-    dist_timeout: Annotated[
-        float,
-        typer.Option(
-            "--dist-timeout",
-            metavar="SECONDS",
-            help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
-        ),
-    ] = 1800.0,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    readout: ReadoutOpt = None,
+    no_normalize: NoNormalizeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    dist_timeout: DistTimeoutOpt = 1800.0,
     output: Annotated[
         Path | None,
         typer.Option(

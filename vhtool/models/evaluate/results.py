@@ -131,6 +131,12 @@ class EvalSummary:
     histogram: tuple[tuple[float, float, int], ...] = ()
     comparison: Comparison | None = None
     gate: Gate = field(default_factory=Gate)
+    #: tokens actually run through the model (``tokens`` less the shared prompts the prompt cache ran once)
+    forwarded_tokens: int = 0
+    #: ``on``, or ``off: <why>``; with ``cached_prompts`` prompts run once for ``cached_answers`` answers
+    prompt_cache: str = "off"
+    cached_prompts: int = 0
+    cached_answers: int = 0
 
     @property
     def mean_over_subsets(self) -> float | None:
@@ -204,6 +210,13 @@ class EvalSummary:
             "sequences": self.sequences,
             "tokens": self.tokens,
             "padded_tokens": self.padded_tokens,
+            "forwarded_tokens": self.forwarded_tokens,
+            "prompt_cache": {
+                "state": self.prompt_cache,
+                "prompts": self.cached_prompts,
+                "answers": self.cached_answers,
+                "tokens_saved": self.tokens - self.forwarded_tokens,
+            },
             "truncated": self.truncated,
             "batches": self.batches,
             "seconds": round(self.seconds, 4),

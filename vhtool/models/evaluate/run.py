@@ -6,6 +6,11 @@ kept once (a prompt's shared rejected answer, a chosen answer repeated across re
 sequences are planned into length-sorted batches under the token budget (:func:`plan_batches`) and scored by
 :func:`score_batches` — the very functions ``vhtool score`` runs, so a sequence's score is ``vhtool score``'s.
 
+With the prompt cache (causal models, checked at load: :mod:`vhtool.models.scoring.prefix`), the distinct
+sequences of a record that share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (their prompt, as the joint
+tokenisation has it) are scored from that prefix's cached keys and values: prefixes are batched by length into
+*chunks*, each chunk runs once and its sequences' remaining tokens run in length-sorted batches from its cache.
+
 Under torchrun the ranks share the planned batches as ``vhtool score`` does (batch ``b`` is rank ``b mod K``'s;
 see :mod:`vhtool.models.scoring.distributed`): every rank reads and plans the same windows, rank 0 gathers the
 scores at each window's exchange and writes the records, so its output is byte-identical to one process's. A
@@ -34,6 +39,7 @@ from vhtool.models.scoring.engine import Scorer
 from vhtool.models.scoring.inputs import InputItem
 from vhtool.models.scoring.options import ScoreOptions
 from vhtool.models.scoring.plan import plan_batches, windows
+from vhtool.models.scoring.prefix import PromptCache, common_prefix
 from vhtool.models.scoring.prepare import Prepared
 from vhtool.models.scoring.ranks import (
     DEFAULT_TIMEOUT_S,
@@ -47,6 +53,9 @@ from vhtool.models.scoring.results import BadRecordError, SkippedRecord
 from vhtool.models.scoring.run import score_batches
 from vhtool.models.scoring.tally import _Histogram, _Stats
 
+#: The shortest shared prefix worth a cached forward: a shorter one saves less than the extra forward costs.
+MIN_SHARED_PREFIX = 8
+
 
 @dataclass(frozen=True)
 class EvalOptions:
@@ -57,12 +66,14 @@ class EvalOptions:
         compare: a previous run's ``-o`` output to compare with, record by record.
         alpha: the significance level of the comparison.
         gate: the pass/fail rules.
+        prompt_cache: run a prompt its record's answers share once, from a KV cache, where the model allows it.
     """
 
     subset_field: str = DEFAULT_SUBSET_FIELD
     compare: Path | None = None
     alpha: float = 0.05
     gate: Gate = field(default_factory=Gate)
+    prompt_cache: bool = True
 
     def __post_init__(self) -> None:
         want = self.gate.require_accuracy
@@ -87,7 +98,10 @@ class Window:
         errors: each record's reason for being bad (``None`` for a good one).
         answer_seqs: each good record's answers as positions into ``seqs`` (chosen first).
         truncated: whether ``--max-length`` cut one of the record's answers.
-        seqs: the distinct sequences (prepared records), ``lengths`` their token counts, ``plan`` their batches.
+        seqs: the distinct sequences (prepared records), ``lengths`` their token counts, ``plan`` the batches of
+            those scored whole.
+        chunks: the sequences scored from a shared prefix (see :class:`Chunk`); work unit ``u`` of the window is
+            ``plan[u]``, then ``chunks[u - len(plan)]``.
     """
 
     items: list[InputItem]
@@ -99,12 +113,52 @@ class Window:
     lengths: list[int]
     plan: list[list[int]]
     answers: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def units(self) -> int:
+        """Work units (batches and chunks), numbered as the ranks share them."""
+        return len(self.plan) + len(self.chunks)
+
+
+@dataclass
+class Chunk:
+    """A batch of shared prefixes and the sequences scored from their cache.
+
+    Attributes:
+        prefixes: the prefixes (token ids), longest first.
+        rows: for each member sequence, its prefix's row in ``prefixes``; ``members`` the sequences (positions
+            into ``Window.seqs``); ``plan`` the batches of members (positions into ``members``).
+    """
+
+    prefixes: list[list[int]]
+    rows: list[int]
+    members: list[int]
+    plan: list[list[int]]
+
+    def padded(self, lengths: Sequence[int]) -> int:
+        """Padded tokens run: the prefix batch, then each batch of continuations."""
+        width = max(len(p) for p in self.prefixes)
+        tails = [lengths[k] - len(self.prefixes[g]) for g, k in zip(self.rows, self.members, strict=True)]
+        return len(self.prefixes) * width + sum(len(b) * max(tails[j] for j in b) for b in self.plan)
+
+    def forwarded(self, lengths: Sequence[int]) -> int:
+        """Real tokens run: each prefix once, then each member's own tokens."""
+        return sum(len(p) for p in self.prefixes) + sum(
+            lengths[k] - len(self.prefixes[g]) for g, k in zip(self.rows, self.members, strict=True)
+        )
 
 
 def prepare_window(
-    scorer: Scorer, items: Sequence[InputItem], options: ScoreOptions, *, subset_field: str, source: PairSource
+    scorer: Scorer,
+    items: Sequence[InputItem],
+    options: ScoreOptions,
+    *,
+    subset_field: str,
+    source: PairSource,
+    shared: bool = False,
 ) -> Window:
-    """Parses, tokenises, deduplicates and plans one window.
+    """Parses, tokenises, deduplicates and plans one window (``shared``: plan prompt-cache chunks too).
 
     Raises:
         BadRecordError: a bad record with ``on_error="fail"`` (the first in input order).
@@ -157,9 +211,89 @@ def prepare_window(
                 )
     # Sequences referenced only by records that turned out bad are still scored (rarely any; keeps this simple).
     lengths = [len(p.ids or ()) for p in seqs]
-    plan = plan_batches(lengths, max_batch_tokens=options.max_batch_tokens, batch_size=options.batch_size)
+    groups = _shared_prefixes(seqs, answer_seqs) if shared else {}
+    in_chunks = {k for members in groups.values() for k in members}
+    whole = [k for k in range(len(seqs)) if k not in in_chunks]
+    plan = [
+        [whole[j] for j in b]
+        for b in plan_batches(
+            [lengths[k] for k in whole], max_batch_tokens=options.max_batch_tokens, batch_size=options.batch_size
+        )
+    ]
     answers = sum(len(a) for a in answer_seqs)
-    return Window(list(items), pairs, errors, answer_seqs, truncated, seqs, lengths, plan, answers)
+    chunks = _plan_chunks(groups, lengths, options)
+    return Window(list(items), pairs, errors, answer_seqs, truncated, seqs, lengths, plan, answers, chunks)
+
+
+def _shared_prefixes(seqs: Sequence[Prepared], answer_seqs: Sequence[list[int]]) -> dict[tuple[int, ...], list[int]]:
+    """Prefix -> the distinct sequences scored from it: per record, the tokens all its answers start with.
+
+    The prefix stops a token short of the shortest answer, so every sequence has a token of its own to run. A
+    sequence shared by several records runs from the first record's prefix; a prefix left with one sequence is
+    not worth a cache (it runs whole).
+    """
+    claim: dict[int, tuple[int, ...]] = {}
+    for positions in answer_seqs:
+        distinct = list(dict.fromkeys(positions))
+        if len(distinct) < 2:
+            continue
+        ids = [seqs[k].ids or [] for k in distinct]
+        n = min(common_prefix(ids), min(len(x) for x in ids) - 1)
+        if n < MIN_SHARED_PREFIX:
+            continue
+        key = tuple(ids[0][:n])
+        for k in distinct:
+            claim.setdefault(k, key)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, key in claim.items():
+        groups.setdefault(key, []).append(k)
+    return {key: members for key, members in groups.items() if len(members) >= 2}
+
+
+def _plan_chunks(
+    groups: dict[tuple[int, ...], list[int]], lengths: Sequence[int], options: ScoreOptions
+) -> list[Chunk]:
+    """Prefixes batched by length (as sequences are), each batch's members batched by their padded cost."""
+    keys = list(groups)
+    chunks: list[Chunk] = []
+    budget, size = options.max_batch_tokens, options.batch_size
+    for batch in plan_batches([len(k) for k in keys], max_batch_tokens=budget, batch_size=size):
+        prefixes = [list(keys[g]) for g in batch]
+        width = max(len(p) for p in prefixes)
+        rows = [r for r, g in enumerate(batch) for _ in groups[keys[g]]]
+        members = [k for g in batch for k in groups[keys[g]]]
+        # a continuation attends over the chunk's whole prefix width: that is its cost, and its cache's size
+        cost = [width + lengths[k] - len(prefixes[r]) for r, k in zip(rows, members, strict=True)]
+        plan = plan_batches(cost, max_batch_tokens=budget, batch_size=size)
+        chunks.append(Chunk(prefixes, rows, members, plan))
+    return chunks
+
+
+def score_units(
+    scorer: Scorer,
+    cache: PromptCache | None,
+    window: Window,
+    which: Sequence[int],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, Any]:
+    """Scores the work units ``which`` of ``window`` (see :attr:`Window.units`): ``{sequence: (score, None)}``."""
+    whole = [u for u in which if u < len(window.plan)]
+    results: dict[int, Any] = dict(score_batches(scorer, window.seqs, window.plan, whole, progress))
+    for u in which:
+        if u < len(window.plan):
+            continue
+        assert cache is not None
+        chunk = window.chunks[u - len(window.plan)]
+        state = cache.run_prefixes(chunk.prefixes)
+        for b in chunk.plan:
+            ks = [chunk.members[j] for j in b]
+            seqs = [window.seqs[k].ids or [] for k in ks]
+            scores = cache.score_from_prefixes(state, [chunk.rows[j] for j in b], seqs)
+            for k, score in zip(ks, scores, strict=True):
+                results[k] = (score, None)
+            if progress is not None:
+                progress(len(ks), sum(len(x) for x in seqs))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- counting
@@ -169,6 +303,7 @@ class EvalTally:
     def __init__(self) -> None:
         self.count = self.correct = self.ties = self.nonfinite = self.skipped = 0
         self.answers = self.sequences = self.tokens = self.padded = self.truncated = self.batches = 0
+        self.forwarded = self.cached_prompts = self.cached_answers = 0
         self.best_of_n = 0
         self.kinds: dict[str, int] = {}
         self.subsets: dict[str, list[int]] = {}
@@ -186,10 +321,15 @@ class EvalTally:
         on_record: Callable[[PairResult], None] | None,
         on_skip: Callable[[SkippedRecord], None] | None,
     ) -> None:
-        self.batches += len(window.plan)
+        self.batches += len(window.plan) + sum(1 + len(c.plan) for c in window.chunks)
         self.padded += sum(len(b) * max(window.lengths[k] for k in b) for b in window.plan)
+        self.padded += sum(c.padded(window.lengths) for c in window.chunks)
         self.sequences += len(window.seqs)
         self.tokens += sum(window.lengths)
+        self.forwarded += sum(window.lengths[k] for b in window.plan for k in b)
+        self.forwarded += sum(c.forwarded(window.lengths) for c in window.chunks)
+        self.cached_prompts += sum(len(c.prefixes) for c in window.chunks)
+        self.cached_answers += sum(len(c.members) for c in window.chunks)
         self.answers += window.answers
         for r, it in enumerate(window.items):
             pair = window.pairs[r]
@@ -232,7 +372,9 @@ class EvalTally:
         else:
             self.nonfinite += 1
 
-    def summary(self, scorer: Scorer, source: PairSource, *, ranks: int, gate: Gate) -> EvalSummary:
+    def summary(
+        self, scorer: Scorer, source: PairSource, *, ranks: int, gate: Gate, prompt_cache: str = "off"
+    ) -> EvalSummary:
         m = self.margins
         have = m.finite > 0
         return EvalSummary(
@@ -271,6 +413,10 @@ class EvalTally:
             notes=tuple(scorer.notes),
             histogram=self.histogram.bins(),
             gate=gate,
+            forwarded_tokens=self.forwarded,
+            prompt_cache=prompt_cache,
+            cached_prompts=self.cached_prompts,
+            cached_answers=self.cached_answers,
         )
 
 
@@ -377,6 +523,8 @@ class _Run:
         self.options = options
         self.eval_options = eval_options
         self.scorer: Scorer | None = None
+        self.cache: PromptCache | None = None
+        self.cache_state = "off: --no-prompt-cache"
         self.out_file: AtomicFile | None = None
         self.items: Iterator[InputItem] = iter(())
         self.previous: dict[int, bool] | None = None
@@ -428,6 +576,8 @@ class _Run:
 
         def load() -> tuple[str, Any]:
             self.scorer = Scorer(self.checkpoint, options=options, local_rank=self.local_rank)
+            if eo.prompt_cache:  # every rank runs the same check on the same model: they agree
+                self.cache, self.cache_state = PromptCache.check(self.scorer)
             return "ok", None
 
         def validate() -> tuple[str, Any]:
@@ -467,10 +617,12 @@ class _Run:
                 items = next(window_iter, None)
                 if items is None:
                     return "done", None
-                current = prepare_window(scorer, items, options, subset_field=eo.subset_field, source=source)
-                mine = [b for b in range(len(current.plan)) if (first_batch + b) % self.world == self.rank]
+                current = prepare_window(
+                    scorer, items, options, subset_field=eo.subset_field, source=source, shared=self.cache is not None
+                )
+                mine = [u for u in range(current.units) if (first_batch + u) % self.world == self.rank]
                 try:
-                    own = score_batches(scorer, current.seqs, current.plan, mine, progress if writer else None)
+                    own = score_units(scorer, self.cache, current, mine, progress if writer else None)
                 except Exception as exc:
                     if self.group is None:
                         raise
@@ -483,7 +635,7 @@ class _Run:
                 if state == "done":
                     break
                 assert current is not None
-                first_batch += len(current.plan)
+                first_batch += current.units
                 if writer:
                     scores: dict[int, Any] = {}
                     for p in payloads:
@@ -497,7 +649,9 @@ class _Run:
                 nonlocal summary
                 emit()
                 if writer:  # summed up (and compared) before the output is committed: a failure leaves nothing
-                    summary = tally.summary(scorer, source, ranks=self.world, gate=eo.gate)
+                    summary = tally.summary(
+                        scorer, source, ranks=self.world, gate=eo.gate, prompt_cache=self.cache_state
+                    )
                     if self.previous is not None and eo.compare is not None:
                         comparison = compare(tally.outcomes, self.previous, previous=str(eo.compare), alpha=eo.alpha)
                         summary = replace(summary, comparison=comparison)
@@ -515,4 +669,14 @@ class _Run:
                 self.out_file.discard()
 
 
-__all__ = ["EvalOptions", "EvalTally", "Window", "check_eval_output", "evaluate_pairs", "prepare_window"]
+__all__ = [
+    "MIN_SHARED_PREFIX",
+    "Chunk",
+    "EvalOptions",
+    "EvalTally",
+    "Window",
+    "check_eval_output",
+    "evaluate_pairs",
+    "prepare_window",
+    "score_units",
+]
