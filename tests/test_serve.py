@@ -540,6 +540,28 @@ def test_drain_timeout_answers_what_is_left_with_503_and_exits_0(policy: Path, t
         server.stop()
 
 
+def test_a_failing_forward_fails_only_its_requests_on_a_real_server(policy: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()  # no holding: every forward runs at once; the poisoned one raises
+    server = start_server(policy, tmp_path / "poison.log", env={"SERVE_GATED_POISON": "77"}, gate=gate)
+    try:
+        bad = json.dumps({"records": [{"input_ids": [5, 77, 9]}]}).encode()
+        status, headers, text = asyncio.run(raw(server.url, "/score", bad))
+        assert status == 500 and headers["Content-Type"].startswith("application/json")
+        doc = json.loads(text)
+        assert list(doc) == ["error"] and doc["error"]["type"] == "internal_error"
+        assert "poisoned batch" in doc["error"]["message"]
+        ok = asyncio.run(openrlhf_post(server.url + "/get_reward", {"query": ["the server goes on"]}))
+        assert len(ok["rewards"]) == 1 and isinstance(ok["rewards"][0], float)
+        m = metrics(server.url)
+        assert counter(m, "vhtool_serve_batch_failures_total") == 1
+        assert counter(m, "vhtool_serve_requests_total", route="/score", status="500") == 1
+        assert server.stop() == 0
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
 def test_sigint_on_an_idle_server_exits_0(policy: Path, tmp_path: Path) -> None:
     server = start_server(policy, tmp_path / "idle.log")
     assert asyncio.run(raw(server.url, "/health"))[0] == 200
