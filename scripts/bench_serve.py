@@ -10,17 +10,32 @@ Load (OpenRLHF's client, ``openrlhf/utils/agent.py`` ``_fetch_rewards_via_http``
 per request, a new ``aiohttp.ClientSession`` (connection) per request, ``{"query": [t], "prompts": [...], "labels":
 [...]}``; each client takes the next text until all are scored. Reported per server and N: texts/s (texts / wall
 time of the whole load), p50 and p99 request latency, errors, and the largest difference of the rewards from
-``vhtool score``'s (Scorer in-process, same options).
+the reference: for ``vhtool serve``, ``vhtool score``'s (Scorer in-process, same options); for the stand-in, its
+own code run in-process on each text alone (serve_rm appends an eos and reads the score there, so its numbers are
+not the classifier's: that is a convention, not an error, and it does not change the cost).
 
 * ``vhtool serve``: the real CLI in a child process (``--port 0 --json``, default batching options).
   Both servers run at once and the loads alternate (vhtool, stand-in, next N), so a change in the machine's
   load during the run affects both alike.
-* ``serve_rm`` stand-in: a child process running the code path of ``openrlhf/cli/serve_rm.py`` on the same stack
-  (Starlette + uvicorn; serve_rm uses FastAPI, i.e. Starlette underneath): ``await request.json()``, then *inside
-  the async handler* tokenise (left padding, truncation to ``max_len``), one forward of the request's texts under
-  ``torch.no_grad()``, log the first query, return ``{"rewards", "scores", "extra_logs"}``.
+* ``serve_rm`` stand-in: a child process running the code of ``openrlhf/cli/serve_rm.py`` on the same stack
+  (Starlette + uvicorn; serve_rm uses FastAPI, i.e. Starlette underneath), with uvicorn's and serve_rm's INFO
+  logging (to a file): ``await request.json()``, then *inside the async handler* ``get_reward`` (strip pad/eos and
+  append one eos, tokenise with left padding and truncation to ``max_len``), one forward of the request's texts
+  under ``torch.no_grad()`` as OpenRLHF's ``RewardModel.forward`` runs it (the backbone with the mask and
+  mask-derived position ids, the score head, the value at the last real token), log the answer. Attention is the
+  checkpoint's default (SDPA), the best kernel on this device, as ``--flash_attn`` is on a GPU (serve_rm's default
+  is eager attention: not used, so the stand-in is not slowed by a flag its users would set).
 * limit: the same texts, in-process, tokenised and planned by length (``plan_batches``) and scored batch by batch
   with ``Scorer.score_batch``: texts/s of the forward alone, with the same torch threads.
+
+Threads: every process gets ``OMP_NUM_THREADS=--threads`` and, by default, ``OMP_WAIT_POLICY=PASSIVE``. Without it
+libgomp's idle threads spin (up to ~300,000 polls) after each parallel region whenever a process's OpenMP threads
+fit the cores; on a small shared CPU (here 2 cores, the client process and the other server on them too) a
+forward's threads then spin at every barrier while their partner waits to be scheduled. That hit the stand-in
+(the model on the event loop thread: 2 OpenMP threads for 2 cores) and not ``vhtool serve`` (its model thread's
+team comes on top of the main thread's, so libgomp throttles the spinning): profiled with ``perf``, 77% of the
+stand-in's time was libgomp's spin loop, and one request took ~10x as long as the same forward alone. PASSIVE
+gives both servers the same, non-spinning threads; ``--omp-wait-policy unset`` reproduces the artefact.
 
 Results are printed and written to ``bench-work/serve/results.json``. Not a test.
 """
@@ -45,38 +60,59 @@ sys.path.insert(0, str(ROOT))
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "hex"]
 
 STAND_IN = r"""
+# openrlhf/cli/serve_rm.py, line for line where it matters for speed and scores, on this benchmark's model:
+# RewardModelProxy.get_reward + tokenize_fn, and RewardModel.forward (openrlhf/models/model.py) over the
+# checkpoint's own backbone and score head. Run as a script it serves; exec'd with another __name__ it only defines
+# get_reward (the bench's in-process reference for the stand-in's own scores).
 import logging, sys
-import torch, uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-path, port, device, max_len, log_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-logging.basicConfig(filename=log_file, level=logging.INFO)
+path, device, max_len = sys.argv[1], sys.argv[3], int(sys.argv[4])
 logger = logging.getLogger("serve_rm")
-model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()  # "auto" dtype: fp32 here
+backbone, score_head = getattr(model, model.base_model_prefix), model.score
 tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")  # get_tokenizer(..., "left", ...)
 
-def get_reward(queries):
-    logger.info(f"queries[0]: {queries[0]}")
+def reward_model(input_ids, attention_mask):  # RewardModel.forward, packing_samples=False
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    position_ids.masked_fill_(attention_mask == 0, 1)
+    outputs = backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    values = score_head(outputs["last_hidden_state"]).squeeze(-1)
+    eos_indices = attention_mask.size(1) - 1 - attention_mask.long().fliplr().argmax(dim=1, keepdim=True)
+    return values.gather(dim=1, index=eos_indices).squeeze(1)
+
+def tokenize_fn(texts):
+    batch = tokenizer(texts, return_tensors="pt", max_length=max_len, padding=True, truncation=True)
+    return {k: v.to(device) for k, v in batch.items()}
+
+def get_reward(queries):  # batch_size None: one forward of the request's texts
+    for i in range(len(queries)):  # "remove pad_token", then one eos, as serve_rm does
+        queries[i] = queries[i].strip(tokenizer.pad_token).strip(tokenizer.eos_token) + tokenizer.eos_token
     with torch.no_grad():
-        batch = tokenizer(queries, return_tensors="pt", add_special_tokens=False, max_length=max_len,
-                          padding=True, truncation=True)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        return model(**batch).logits[:, 0].tolist()
+        inputs = tokenize_fn(queries)
+        return reward_model(inputs["input_ids"], inputs["attention_mask"]).tolist()
 
-async def handler(request: Request):
-    data = await request.json()
-    rewards = get_reward(data.get("query"))  # the model runs inside the async handler, as in serve_rm
-    result = {"rewards": rewards, "scores": rewards, "extra_logs": {"dummy_scores": rewards}}
-    logger.info(f"Sent JSON: {result}")
-    return JSONResponse(result)
+if __name__ == "__main__":
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-app = Starlette(routes=[Route("/get_reward", handler, methods=["POST"])])
-print("ready", flush=True)
-uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    port, log_file = int(sys.argv[2]), sys.argv[5]
+    logging.basicConfig(filename=log_file, level=logging.INFO)  # serve_rm logs at INFO (init_logger)
+
+    async def handler(request: Request):
+        data = await request.json()
+        rewards = get_reward(data.get("query"))  # the model runs inside the async handler, as in serve_rm
+        result = {"rewards": rewards, "scores": rewards, "extra_logs": {"dummy_scores": rewards}}
+        logger.info(f"Sent JSON: {result}")
+        return JSONResponse(result)
+
+    app = Starlette(routes=[Route("/get_reward", handler, methods=["POST"])])  # FastAPI is Starlette underneath
+    print("ready", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", log_config=None)  # serve_rm: log_level info
 """
 
 
@@ -183,6 +219,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every process (OMP_NUM_THREADS)")
+    ap.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY in every process (PASSIVE: idle OpenMP threads sleep; 'unset': libgomp's default)",
+    )
     ap.add_argument("--work", default=str(ROOT / "bench-work" / "serve"))
     args = ap.parse_args()
 
@@ -191,8 +232,11 @@ def main() -> None:
     model = make_model(work / f"rm-{args.layers}x{args.width}", layers=args.layers, width=args.width)
     texts = make_texts(args.texts)
     max_len = 512
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    omp = {"OMP_NUM_THREADS": str(args.threads)}
+    if args.omp_wait_policy.lower() != "unset":
+        omp["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **omp}
+    os.environ.update(omp)  # before torch is imported: libgomp reads them once
 
     import torch
 
@@ -216,10 +260,20 @@ def main() -> None:
         rates.append(len(seqs) / (time.perf_counter() - t0))
     limit = max(rates)
     del scorer
+    # the stand-in's own scores, one text per forward in-process: what serve_rm answers for each text
+    stand_in: dict[str, Any] = {"__name__": "stand_in_reference"}
+    argv, sys.argv = sys.argv, ["stand-in", str(model), "0", args.device, str(max_len), ""]
+    try:
+        exec(STAND_IN, stand_in)  # noqa: S102 (our own code, the same text the stand-in process runs)
+    finally:
+        sys.argv = argv
+    stand_in_reference = [stand_in["get_reward"]([t])[0] for t in texts]
+    del stand_in
     tokens = [len(s) for s in seqs]
     print(
         f"model {args.layers}x{args.width} GPT-2 seq-cls, {len(texts)} texts, tokens median "
-        f"{statistics.median(tokens):.0f} max {max(tokens)}, {args.threads} threads, {args.device}"
+        f"{statistics.median(tokens):.0f} max {max(tokens)}, {args.threads} threads, {args.device}, "
+        f"OMP_WAIT_POLICY {omp.get('OMP_WAIT_POLICY', 'unset')}"
     )
     print(f"limit (in-process, length-bucketed forward): {limit:,.1f} texts/s")
 
@@ -227,6 +281,7 @@ def main() -> None:
         "limit_texts_per_s": limit,
         "texts": len(texts),
         "threads": args.threads,
+        "omp_wait_policy": omp.get("OMP_WAIT_POLICY", "unset"),
         "device": args.device,
         "model": f"{args.layers}x{args.width}",
         "runs": [],
@@ -279,7 +334,10 @@ def main() -> None:
         for n in clients:
             for name, url in urls.items():
                 r = asyncio.run(load(url + "/get_reward", texts, n))
-                diffs = [abs(a - b) for a, b in zip(r.pop("rewards"), reference) if a is not None]
+                # vhtool serve against vhtool score; the stand-in against its own in-process scores (serve_rm
+                # appends an eos and reads the score there: another number than the model's classifier reads)
+                want = reference if name == "vhtool serve" else stand_in_reference
+                diffs = [abs(a - b) for a, b in zip(r.pop("rewards"), want) if a is not None]
                 r.update(
                     server=name,
                     clients=n,

@@ -62,12 +62,18 @@ class Server:
             return self.proc.wait()
 
 
-def start_server(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    """``vhtool serve CHECKPOINT --port 0 --json ARGS``: waits for the ready line and returns the bound address."""
+def start_server(
+    checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None, gate: Path | None = None
+) -> Server:
+    """``vhtool serve CHECKPOINT --port 0 --json ARGS``: waits for the ready line and returns the bound address.
+
+    With ``gate``, the same command through ``tests/serve_gated.py``: every forward waits until ``gate`` exists.
+    """
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     full_env.pop("VHTOOL_API_KEY", None)
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "vhtool", "serve", str(checkpoint), "--port", "0", "--json", "--device", "cpu", *args]
+    launcher = ["-m", "vhtool"] if gate is None else [str(ROOT / "tests" / "serve_gated.py"), str(gate)]
+    cmd = [sys.executable, *launcher, "serve", str(checkpoint), "--port", "0", "--json", "--device", "cpu", *args]
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env)
     assert proc.stdout is not None
@@ -258,6 +264,9 @@ def test_health_info_and_metrics_counters(main_server: Server) -> None:
         )
         await asyncio.gather(*(verl_classify(main_server.url, "m", "hello") for _ in range(3)))
         await raw(main_server.url, "/get_reward", b"{not json")
+        await raw(main_server.url, "/get_reward", json.dumps({"query": ["x"] * 9}).encode())  # 413, 9 texts
+        await raw(main_server.url, "/get_reward", json.dumps({"query": ["fine", ""]}).encode())  # 400, 2 texts
+        await raw(main_server.url, "/classify", json.dumps({"input": ["ok", "  "]}).encode())  # 400, 2 texts
 
     asyncio.run(traffic())
     after = metrics(main_server.url)
@@ -269,7 +278,13 @@ def test_health_info_and_metrics_counters(main_server: Server) -> None:
     assert delta("vhtool_serve_texts_total", route="/get_reward", status="200") == 14
     assert delta("vhtool_serve_requests_total", route="/classify", status="200") == 3
     assert delta("vhtool_serve_texts_total", route="/classify", status="200") == 3
-    assert delta("vhtool_serve_requests_total", route="/get_reward", status="400") == 1
+    # rejected requests are counted too, with their status: requests, and texts when the body could be read
+    assert delta("vhtool_serve_requests_total", route="/get_reward", status="400") == 2
+    assert delta("vhtool_serve_texts_total", route="/get_reward", status="400") == 2
+    assert delta("vhtool_serve_requests_total", route="/get_reward", status="413") == 1
+    assert delta("vhtool_serve_texts_total", route="/get_reward", status="413") == 9
+    assert delta("vhtool_serve_requests_total", route="/classify", status="400") == 1
+    assert delta("vhtool_serve_texts_total", route="/classify", status="400") == 2
     assert delta("vhtool_serve_batch_texts_count") >= 1 and delta("vhtool_serve_batch_texts_sum") == 17
     assert delta("vhtool_serve_queue_seconds_count") == 17 and delta("vhtool_serve_tokens_total") > 0
     assert counter(after, "vhtool_serve_queue_texts") == 0
@@ -386,6 +401,10 @@ def test_queue_limit_disconnect_and_sigterm_drain(policy: Path, tmp_path: Path) 
         status, headers, text = asyncio.run(raw(url, "/get_reward", json.dumps({"query": ["a", "b", "c"]}).encode()))
         assert status == 503 and int(headers["Retry-After"]) >= 1
         assert json.loads(text)["error"]["type"] == "overloaded"
+        refused = metrics(url)
+        assert counter(refused, "vhtool_serve_requests_total", route="/get_reward", status="503") == 1
+        assert counter(refused, "vhtool_serve_texts_total", route="/get_reward", status="503") == 3
+        assert counter(refused, "vhtool_serve_queue_texts") == 4  # nothing of the refused request was queued
         t2 = threading.Thread(target=client, args=("second", second))
         t2.start()
         wait_for(url, "vhtool_serve_queue_texts", 6)
@@ -403,6 +422,142 @@ def test_queue_limit_disconnect_and_sigterm_drain(policy: Path, tmp_path: Path) 
         assert "Traceback" not in log
         with pytest.raises(OSError):  # no longer accepting
             socket.create_connection(tuple(server.url.removeprefix("http://").rsplit(":", 1)), timeout=5)  # type: ignore[arg-type]
+    finally:
+        server.stop()
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[str]) -> None:
+    """Polls until ``path`` exists (the gated forward has started); fails if the server died first."""
+    for _ in range(60000):
+        if path.exists():
+            return
+        assert proc.poll() is None, "the server exited"
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _post_on(conn: Any, text: str) -> tuple[int, dict[str, Any]] | None:
+    """POST /get_reward on an open ``http.client`` connection: ``(status, body)``, or None if the server closed it."""
+    import http.client
+
+    try:
+        conn.request("POST", "/get_reward", body=json.dumps({"query": [text]}), headers={"Content-Type": "x"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def test_drain_refuses_new_requests_and_answers_the_running_one(policy: Path, tmp_path: Path) -> None:
+    """SIGTERM while a request is computing: new connections are refused, a request on a connection already open
+    gets 503 (or the connection is closed), and the running request is answered; exit 0."""
+    import http.client
+
+    gate = tmp_path / "gate"
+    server = start_server(policy, tmp_path / "drain-new.log", gate=gate)
+    try:
+        url, text = server.url, texts(1, seed=7)[0]
+        results: dict[str, Any] = {}
+        running = threading.Thread(
+            target=lambda: results.update(a=asyncio.run(openrlhf_post(url + "/get_reward", {"query": [text]})))
+        )
+        running.start()
+        _wait_for_file(gate.with_name("gate.entered"), server.proc)  # its batch is in the forward now
+        kept = http.client.HTTPConnection(*_address(url), timeout=60)  # a keep-alive connection, open before SIGTERM
+        kept.request("GET", "/health")
+        health = kept.getresponse()
+        assert health.status == 200 and json.loads(health.read()) == {"status": "ok"}
+
+        server.proc.send_signal(signal.SIGTERM)
+        late = _post_on(kept, "sent after SIGTERM")
+        if late is not None:  # the server read it before closing the idle connection: refused with 503
+            status, doc = late
+            assert status == 503 and doc["error"]["type"] == "shutting_down"
+        # the listening socket closes while the first request still computes (the gate is shut)
+        for _ in range(60000):
+            try:
+                socket.create_connection(_address(url), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the server kept accepting connections while draining")
+        assert server.proc.poll() is None and "a" not in results  # still draining, the first one not answered
+        with pytest.raises(aiohttp.ClientConnectionError):
+            asyncio.run(openrlhf_post(url + "/get_reward", {"query": ["new connection after SIGTERM"]}))
+
+        gate.touch()  # the forward finishes: the request received before SIGTERM is answered, then exit 0
+        running.join()
+        assert server.proc.wait(timeout=120) == 0
+        want = score_cli(policy, [text], tmp_path)
+        assert len(results["a"]["rewards"]) == 1 and close(results["a"]["rewards"][0], want[0]["score"])
+        log = server.log.read_text()
+        assert "Traceback" not in log and "POST /get_reward 1 texts 200" in log
+    finally:
+        gate.touch()
+        server.stop()
+
+
+def test_drain_timeout_answers_what_is_left_with_503_and_exits_0(policy: Path, tmp_path: Path) -> None:
+    """The forward never finishes: at --drain-timeout the computing and the queued request both get 503 JSON,
+    the command warns how many texts were not scored and exits 0."""
+    gate = tmp_path / "gate"
+    server = start_server(
+        policy, tmp_path / "drain-timeout.log", "--drain-timeout", "1", "--max-batch-size", "1", gate=gate
+    )
+    try:
+        url = server.url
+        answers: dict[str, Any] = {}
+
+        def client(name: str, text: str) -> None:
+            answers[name] = asyncio.run(raw(url, "/get_reward", json.dumps({"query": [text]}).encode()))
+
+        computing = threading.Thread(target=client, args=("computing", "held in the forward"))
+        computing.start()
+        _wait_for_file(gate.with_name("gate.entered"), server.proc)
+        queued = threading.Thread(target=client, args=("queued", "waits behind it"))
+        queued.start()
+        wait_for(url, "vhtool_serve_queue_texts", 2)
+
+        server.proc.send_signal(signal.SIGTERM)  # the gate stays shut: the forward never returns
+        computing.join()
+        queued.join()
+        assert server.proc.wait(timeout=120) == 0
+        for name in ("computing", "queued"):
+            status, headers, text = answers[name]
+            assert status == 503 and int(headers["Retry-After"]) >= 1, (name, text)
+            assert json.loads(text)["error"]["type"] == "shutting_down"
+        log = server.log.read_text()
+        assert "--drain-timeout 1 s ran out: 2 queued texts were not scored." in log
+        assert "Traceback" not in log
+    finally:
+        gate.touch()
+        server.stop()
+
+
+def test_a_failing_forward_fails_only_its_requests_on_a_real_server(policy: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()  # no holding: every forward runs at once; the poisoned one raises
+    server = start_server(policy, tmp_path / "poison.log", env={"SERVE_GATED_POISON": "77"}, gate=gate)
+    try:
+        bad = json.dumps({"records": [{"input_ids": [5, 77, 9]}]}).encode()
+        status, headers, text = asyncio.run(raw(server.url, "/score", bad))
+        assert status == 500 and headers["Content-Type"].startswith("application/json")
+        doc = json.loads(text)
+        assert list(doc) == ["error"] and doc["error"]["type"] == "internal_error"
+        assert "poisoned batch" in doc["error"]["message"]
+        ok = asyncio.run(openrlhf_post(server.url + "/get_reward", {"query": ["the server goes on"]}))
+        assert len(ok["rewards"]) == 1 and isinstance(ok["rewards"][0], float)
+        m = metrics(server.url)
+        assert counter(m, "vhtool_serve_batch_failures_total") == 1
+        assert counter(m, "vhtool_serve_requests_total", route="/score", status="500") == 1
+        assert server.stop() == 0
+        assert "Traceback" not in server.log.read_text()
     finally:
         server.stop()
 
@@ -448,4 +603,86 @@ def test_a_failing_batch_fails_only_its_own_entries() -> None:
     assert set(results) == {"short0", "short1", "long0", "long1"}
     assert results["short0"] == (2.0, None) and results["short1"] == (2.0, None)
     assert isinstance(results["long0"], RuntimeError) and isinstance(results["long1"], RuntimeError)
+    assert batcher.reserved == 0
+
+
+def test_the_next_batch_is_prepared_while_one_runs_and_never_on_the_model_thread() -> None:
+    """Batch 1's forward waits until batch 2 has been prepared: with no preparing ahead this would never finish."""
+    seen: dict[str, set[str]] = {"prepare": set(), "forward": set()}
+    second_ready = threading.Event()
+    overlapped: list[bool] = []
+
+    def prepare(seqs: Any) -> list[list[int]]:
+        seen["prepare"].add(threading.current_thread().name)
+        if seqs[0][0] == 2:
+            second_ready.set()
+        return [list(s) for s in seqs]
+
+    def forward(prepared: Any) -> tuple[list[float], None]:
+        seen["forward"].add(threading.current_thread().name)
+        if prepared[0][0] == 1:
+            overlapped.append(second_ready.wait(120))
+        return [float(s[0]) for s in prepared], None
+
+    results: dict[Any, Any] = {}
+    done = threading.Event()
+
+    def deliver(entry: Entry, result: Any, error: BaseException | None) -> None:
+        results[entry.tag] = error if error is not None else result
+        if len(results) == 3:
+            done.set()
+
+    batcher = Batcher(forward, prepare=prepare, max_batch_tokens=100, max_batch_size=1, max_queued=10)
+    assert batcher.reserve(3)
+    batcher.submit([Entry(ids=[k, 5, 6], deliver=deliver, tag=k) for k in (1, 2, 3)])
+    batcher.start()
+    assert done.wait(120)
+    assert batcher.stop(timeout=60) == []
+    assert overlapped == [True]  # batch 2 was prepared while batch 1 was in its forward
+    assert results == {1: (1.0, None), 2: (2.0, None), 3: (3.0, None)}
+    assert seen["forward"] == {"vhtool-serve-model"} and "vhtool-serve-model" not in seen["prepare"]
+    assert batcher.reserved == 0
+
+
+def test_a_client_gone_after_its_batch_was_prepared_is_dropped_before_compute() -> None:
+    """Batch 2 (two texts) is prepared while batch 1 computes; one of its clients leaves: only the other is run."""
+    prepared_batches: list[list[int]] = []
+    forwarded: list[list[int]] = []
+    in_first, release, second_prepared = threading.Event(), threading.Event(), threading.Event()
+
+    def prepare(seqs: Any) -> list[list[int]]:
+        prepared_batches.append([s[0] for s in seqs])
+        if len(prepared_batches) == 2:
+            second_prepared.set()
+        return [list(s) for s in seqs]
+
+    def forward(prepared: Any) -> tuple[list[float], None]:
+        forwarded.append([s[0] for s in prepared])
+        if prepared[0][0] == 1:
+            in_first.set()
+            assert release.wait(120)
+        return [float(s[0]) for s in prepared], None
+
+    results: dict[Any, Any] = {}
+    dropped: list[int] = []
+    batcher = Batcher(
+        forward, prepare=prepare, max_batch_tokens=100, max_batch_size=2, max_queued=10, on_drop=dropped.append
+    )
+    assert batcher.reserve(3)
+    first = Entry(ids=[1] * 9, deliver=lambda e, r, x: results.update({e.tag: r}), tag=1)
+    batcher.submit([first])
+    batcher.start()
+    assert in_first.wait(120)
+    leaving, staying = (Entry(ids=[k, 0], deliver=lambda e, r, x: results.update({e.tag: r}), tag=k) for k in (2, 3))
+    batcher.submit([leaving, staying])
+    assert second_prepared.wait(120)  # batch 2 is prepared and waits in the slot
+    batcher.cancel([leaving])
+    release.set()
+    for _ in range(12000):
+        if 3 in results:
+            break
+        time.sleep(0.01)
+    assert batcher.stop(timeout=60) == []
+    assert results == {1: (1.0, None), 3: (3.0, None)} and dropped == [1]
+    assert forwarded == [[1], [3]] and prepared_batches == [[1], [2, 3], [3]]
     assert batcher.reserved == 0

@@ -2,7 +2,8 @@
 
 A scoring request goes: API key -> body (bounded) -> JSON -> the route's shape (:mod:`.wire`) -> admission to the
 bounded queue (503 + ``Retry-After`` when full) -> tokenisation on a worker pool (never on the event loop nor on
-the model thread) -> one queue entry per text (:mod:`.batcher`) -> the answer in the route's shape. While it
+the model thread) -> one queue entry per text (:mod:`.batcher`) -> the answer in the route's shape. Once the
+server drains (SIGTERM), a scoring request that arrives is refused with 503 ``shutting_down``. While it
 waits, the request watches its connection: a client that goes away has its entries dropped before compute.
 """
 
@@ -71,19 +72,29 @@ def build_app(state: ServeState) -> Any:
     def respond(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
         return Response(dumps(doc), status_code=status, media_type="application/json", headers=headers)
 
-    def logged(route: str, handler: Callable[[Request], Any], *, open_route: bool = False) -> Callable[..., Any]:
+    def logged(
+        route: str, handler: Callable[[Request], Any], *, open_route: bool = False, scoring: bool = False
+    ) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
             t0 = time.perf_counter()
-            texts = 0
+            request.state.texts = 0  # set by a scoring handler once the body is parsed: counted whatever the status
             try:
                 if not open_route:
                     _authorize(request, state.options.api_key)
-                response, texts = await handler(request)
+                if scoring and state.draining:  # stop accepting: only requests received before SIGTERM are answered
+                    raise WireError(
+                        503,
+                        "shutting_down",
+                        "the server is shutting down; send the request to another replica.",
+                        headers={"Retry-After": str(RETRY_AFTER_S)},
+                    )
+                response = await handler(request)
             except WireError as exc:
                 response = respond(exc.status, exc.to_json(), exc.headers)
             except Exception as exc:  # a bug or a failed batch: one JSON 500, the server goes on
                 state.log.error("%s failed: %s: %s", route, type(exc).__name__, exc)
                 response = respond(500, error_json("internal_error", f"{type(exc).__name__}: {exc}"))
+            texts: int = request.state.texts
             seconds = time.perf_counter() - t0
             state.metrics.request(route, response.status_code, texts, seconds)
             state.access.info(
@@ -106,35 +117,38 @@ def build_app(state: ServeState) -> Any:
 
         return endpoint
 
-    async def get_reward(request: Request) -> tuple[Response, int]:
+    async def get_reward(request: Request) -> Response:
         parsed = parse_get_reward(await _body_json(request, state.options.max_request_bytes))
+        request.state.texts = len(parsed.payloads)
         if not parsed.payloads:  # OpenRLHF sends an empty shard to every replica but the first
-            return respond(200, get_reward_response([])), 0
+            return respond(200, get_reward_response([]))
         results = await _score(state, request, parsed, "query")
-        return respond(200, get_reward_response(results)), len(results)
+        return respond(200, get_reward_response(results))
 
-    async def classify(request: Request) -> tuple[Response, int]:
+    async def classify(request: Request) -> Response:
         parsed = parse_classify(await _body_json(request, state.options.max_request_bytes))
+        request.state.texts = len(parsed.payloads)
         results = await _score(state, request, parsed, "input")
         doc = classify_response(results, model=parsed.model or state.model_name, activation=parsed.activation)
-        return respond(200, doc), len(results)
+        return respond(200, doc)
 
-    async def score(request: Request) -> tuple[Response, int]:
+    async def score(request: Request) -> Response:
         parsed = parse_score(await _body_json(request, state.options.max_request_bytes))
+        request.state.texts = len(parsed.payloads)
         results = await _score(state, request, parsed, "records")
-        return respond(200, score_response(results, per_token=parsed.per_token)), len(results)
+        return respond(200, score_response(results, per_token=parsed.per_token))
 
-    async def health(request: Request) -> tuple[Response, int]:
+    async def health(request: Request) -> Response:
         if state.draining:
-            return respond(503, {"status": "draining"}), 0
-        return respond(200, {"status": "ok"}), 0
+            return respond(503, {"status": "draining"})
+        return respond(200, {"status": "ok"})
 
-    async def info(request: Request) -> tuple[Response, int]:
-        return respond(200, state.info), 0
+    async def info(request: Request) -> Response:
+        return respond(200, state.info)
 
-    async def metrics(request: Request) -> tuple[Response, int]:
+    async def metrics(request: Request) -> Response:
         body, content_type = state.metrics.render()
-        return Response(body, status_code=200, headers={"Content-Type": content_type}), 0
+        return Response(body, status_code=200, headers={"Content-Type": content_type})
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -146,10 +160,10 @@ def build_app(state: ServeState) -> Any:
         return respond(status, error_json(kind, message))
 
     routes = [
-        Route("/get_reward", logged("/get_reward", get_reward), methods=["POST"]),
-        Route("/classify", logged("/classify", classify), methods=["POST"]),
-        Route("/v1/classify", logged("/classify", classify), methods=["POST"]),
-        Route("/score", logged("/score", score), methods=["POST"]),
+        Route("/get_reward", logged("/get_reward", get_reward, scoring=True), methods=["POST"]),
+        Route("/classify", logged("/classify", classify, scoring=True), methods=["POST"]),
+        Route("/v1/classify", logged("/classify", classify, scoring=True), methods=["POST"]),
+        Route("/score", logged("/score", score, scoring=True), methods=["POST"]),
         Route("/health", logged("/health", health, open_route=True), methods=["GET"]),
         Route("/info", logged("/info", info), methods=["GET"]),
         Route("/metrics", logged("/metrics", metrics), methods=["GET"]),

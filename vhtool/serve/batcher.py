@@ -1,17 +1,24 @@
-"""Batching across requests: one bounded queue of texts and one model worker thread (after TEI's router).
+"""Batching across requests: one bounded queue of texts, a preparing thread and a model thread (after TEI's router).
 
 Every text of every request is one :class:`Entry`. Admission is per request and all-or-nothing
 (:meth:`Batcher.reserve`): the texts admitted and not yet answered never exceed ``max_queued``; over it the
 request is refused (the HTTP layer answers 503 + ``Retry-After``) instead of queueing without bound.
 
-The worker thread cuts the next batch the moment it is free: it plans the waiting entries with the engine's own
-length-bucketed planning (:func:`vhtool.models.scoring.plan_batches`, under ``max_batch_tokens`` padded tokens
-and ``max_batch_size`` texts) and runs the batch that holds the oldest entry, so similar lengths go together and
-no entry waits behind newer ones for ever. It waits for a batch to fill only when ``max_wait_s`` asks for it.
-Entries whose client went away are dropped before compute. Tokenisation and JSON happen before an entry is
-queued, on other threads: the worker thread only pads and runs the model.
+Two threads, one batch apart. The **preparing thread** cuts the next batch as soon as the hand-over slot is free:
+it plans the waiting entries with the engine's own length-bucketed planning
+(:func:`vhtool.models.scoring.plan_batches`, under ``max_batch_tokens`` padded tokens and ``max_batch_size``
+texts), takes the planned batch that holds the oldest entry (similar lengths go together; no entry waits behind
+newer ones for ever), and prepares it (padding, tensors, position ids, the copy to the device: the engine's
+:meth:`~vhtool.models.scoring.Scorer.pad_batch`). The **model thread** only runs forwards: it takes the prepared
+batch, runs it and answers its entries, and by then the next batch is usually prepared and waiting in the slot.
+A batch is cut when the slot frees, i.e. while the one before it runs. Nothing waits for a batch to fill unless
+``max_wait_s`` asks for it. Tokenisation and JSON happen before an entry is queued, on other threads.
 
-A batch that raises fails its own entries only; the worker goes on with the next one.
+Entries whose client went away are dropped before compute: while waiting, and again when the model thread takes
+a prepared batch (if some of its entries went away meanwhile, the rest is prepared again without them, on the
+model thread: rare, and it keeps every score what the same texts alone would get).
+
+A batch that raises (preparing or computing) fails its own entries only; the threads go on with the next one.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from typing import Any
 
 from vhtool.models.scoring.plan import plan_batches
 
-#: ``score_batch(seqs) -> (scores, per-token values or None)``: the engine's forward of one padded batch.
-ScoreFn = Callable[[Sequence[list[int]]], tuple[list[float], list[list[float]] | None]]
+#: ``forward(prepared) -> (scores, per-token values or None)``: the engine's forward of one prepared batch.
+ForwardFn = Callable[[Any], tuple[list[float], list[list[float]] | None]]
+#: ``prepare(seqs) -> prepared``: everything before the forward (the engine's padding and tensors).
+PrepareFn = Callable[[Sequence[list[int]]], Any]
 #: ``deliver(entry, result, error)``: called on the worker thread when an entry is scored (or failed).
 DeliverFn = Callable[["Entry", "tuple[float, list[float] | None] | None", "BaseException | None"], None]
 
@@ -54,22 +63,25 @@ class BatchStats:
 
 
 class Batcher:
-    """The bounded queue and the model worker.
+    """The bounded queue, the preparing thread and the model thread.
 
     Args:
-        score: runs one padded batch (the engine's :meth:`~vhtool.models.scoring.Scorer.score_batch`).
+        forward: runs one prepared batch (the engine's :meth:`~vhtool.models.scoring.Scorer.forward_batch`).
+        prepare: prepares a batch's token sequences for ``forward`` (the engine's
+            :meth:`~vhtool.models.scoring.Scorer.pad_batch`); by default the sequences themselves.
         max_batch_tokens: padded tokens per batch.
         max_batch_size: texts per batch.
         max_queued: texts admitted and not yet answered, over all requests.
-        max_wait_s: how long the worker may wait for a batch to fill (0: it never waits).
-        on_batch: called on the worker thread after each batch (metrics).
+        max_wait_s: how long to wait for a batch to fill (0: never waits).
+        on_batch: called on the model thread after each batch (metrics).
         on_drop: called with the number of entries dropped because their client went away.
     """
 
     def __init__(
         self,
-        score: ScoreFn,
+        forward: ForwardFn,
         *,
+        prepare: PrepareFn | None = None,
         max_batch_tokens: int,
         max_batch_size: int,
         max_queued: int,
@@ -77,7 +89,8 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self._score = score
+        self._forward = forward
+        self._prepare: PrepareFn = prepare if prepare is not None else (lambda seqs: list(seqs))
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
@@ -86,10 +99,14 @@ class Batcher:
         self._on_drop = on_drop
         self._cond = threading.Condition()
         self._pending: list[Entry] = []
+        #: the hand-over slot: a prepared batch waiting for the model thread (entries, prepared, error)
+        self._slot: tuple[list[Entry], Any, BaseException | None] | None = None
+        self._preparing: list[Entry] = []
+        self._running: list[Entry] = []
         self._reserved = 0
         self._flush = False
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ admission (any thread)
     @property
@@ -114,48 +131,77 @@ class Batcher:
         """Queues admitted entries (their texts were reserved)."""
         with self._cond:
             self._pending.extend(entries)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, entries: Sequence[Entry]) -> None:
-        """Marks entries of a client that went away: those not yet in a batch are dropped before compute."""
+        """Marks entries of a client that went away: those not yet computing are dropped before compute."""
         with self._cond:
             for e in entries:
                 e.cancelled = True
-            self._cond.notify()
+            self._cond.notify_all()
 
-    # ------------------------------------------------------------------ the worker
+    # ------------------------------------------------------------------ the threads
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="vhtool-serve-model", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._prepare_loop, name="vhtool-serve-prepare", daemon=True),
+            threading.Thread(target=self._model_loop, name="vhtool-serve-model", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def flush(self) -> None:
         """From now on, never wait for a batch to fill (draining: answer what is queued as fast as possible)."""
         with self._cond:
             self._flush = True
-            self._cond.notify()
+            self._cond.notify_all()
 
-    def stop(self, timeout: float | None = None) -> list[Entry]:
-        """Stops admitting, lets the worker finish its batch, and returns the entries it did not score."""
+    def abandon(self, error: BaseException) -> int:
+        """Stops admitting and fails every entry not yet answered with ``error``: queued, prepared and computing.
+
+        For a drain that ran out of time: every waiting request is answered (an error) instead of being cut off.
+        A forward in progress is not interrupted; its results, when they come, go nowhere.
+
+        Returns:
+            How many live (not cancelled) entries were failed.
+        """
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            waiting = self._pending + self._preparing + (self._slot[0] if self._slot is not None else [])
+            self._pending, self._preparing, self._slot = [], [], None
+            self._reserved = max(0, self._reserved - len(waiting))
+            failed = [e for e in waiting + self._running if not e.cancelled]
+            for e in failed:
+                e.cancelled = True  # answered here: the model thread will not answer it again
+            self._cond.notify_all()
+        for e in failed:
+            e.deliver(e, None, error)
+        return len(failed)
+
+    def stop(self, timeout: float | None = None) -> list[Entry]:
+        """Stops admitting, lets the model thread finish its forward, and returns the entries it did not score."""
         with self._cond:
-            left, self._pending = self._pending, []
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            left = self._pending + (self._slot[0] if self._slot is not None else [])
+            self._pending, self._slot = [], None
             return left
 
-    def _drop_cancelled(self) -> None:
-        kept = [e for e in self._pending if not e.cancelled]
-        dropped = len(self._pending) - len(kept)
+    def _drop(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` without the cancelled ones, which are given back and counted (call with the lock held)."""
+        kept = [e for e in entries if not e.cancelled]
+        dropped = len(entries) - len(kept)
         if dropped:
-            self._pending = kept
             self._reserved = max(0, self._reserved - dropped)
             if self._on_drop is not None:
                 self._on_drop(dropped)
+        return kept
 
     def _ready(self, now: float) -> float | None:
-        """None when a batch should run now; else how long to wait for it to fill."""
+        """None when a batch should be cut now; else how long to wait for it to fill."""
         if self._flush or self._stopping or self.max_wait_s <= 0:
             return None
         if len(self._pending) >= self.max_batch_size:
@@ -178,37 +224,79 @@ class Batcher:
         self._pending = [e for k, e in enumerate(self._pending) if k not in taken]
         return batch
 
-    def _run(self) -> None:
+    def _prepare_loop(self) -> None:
+        """The preparing thread: cut the next batch when the slot is free, prepare it, hand it over."""
         while True:
             with self._cond:
                 while True:
-                    self._drop_cancelled()
+                    self._pending = self._drop(self._pending)
                     if self._stopping:
                         return
-                    if self._pending:
+                    if self._slot is None and self._pending:
                         wait = self._ready(time.perf_counter())
                         if wait is None:
                             break
                         self._cond.wait(wait)
                     else:
                         self._cond.wait()
-                batch = self._cut()
-            self._run_batch(batch)
+                batch = self._preparing = self._cut()
+            prepared: Any = None
+            error: BaseException | None = None
+            try:
+                prepared = self._prepare([e.ids for e in batch])
+            except Exception as exc:  # a batch that cannot be prepared fails its own requests only
+                error = exc
+            with self._cond:
+                if not self._preparing:  # abandon() answered them meanwhile
+                    return
+                self._preparing = []
+                if self._stopping:  # stop() came meanwhile: hand the entries back, unscored
+                    self._pending = batch + self._pending
+                    return
+                self._slot = (batch, prepared, error)
+                self._cond.notify_all()
 
-    def _run_batch(self, batch: list[Entry]) -> None:
+    def _model_loop(self) -> None:
+        """The model thread: take the prepared batch, run its forward, answer its entries; nothing else."""
+        while True:
+            with self._cond:
+                while self._slot is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping or self._slot is None:
+                    return
+                batch, prepared, error = self._slot
+                self._slot = None
+                live = self._drop(batch)
+                self._running = live
+                self._cond.notify_all()  # the slot is free: the preparing thread cuts the next batch now
+            if not live:
+                continue
+            if len(live) < len(batch) and error is None:
+                try:  # some clients went away after their batch was prepared: prepare the rest without them
+                    prepared = self._prepare([e.ids for e in live])
+                except Exception as exc:
+                    error = exc
+            self._run_batch(live, prepared, error)
+            with self._cond:
+                self._running = []
+
+    def _run_batch(self, batch: list[Entry], prepared: Any, error: BaseException | None) -> None:
         seqs = [e.ids for e in batch]
         start = time.perf_counter()
-        error: BaseException | None = None
         scores: list[float] = []
         values: list[list[float]] | None = None
-        try:
-            scores, values = self._score(seqs)
-        except Exception as exc:  # a failing batch fails its own requests; the server goes on
-            error = exc
+        if error is None:
+            try:
+                scores, values = self._forward(prepared)
+            except Exception as exc:  # a failing batch fails its own requests; the server goes on
+                error = exc
         end = time.perf_counter()
         with self._cond:
             self._reserved = max(0, self._reserved - len(batch))
+            answer = [not e.cancelled for e in batch]  # abandon() may have answered them already
         for j, e in enumerate(batch):
+            if not answer[j]:
+                continue
             if error is not None:
                 e.deliver(e, None, error)
             else:
@@ -227,4 +315,4 @@ class Batcher:
             )
 
 
-__all__ = ["BatchStats", "Batcher", "Entry"]
+__all__ = ["BatchStats", "Batcher", "Entry", "ForwardFn", "PrepareFn"]

@@ -3,16 +3,20 @@
 The model is loaded before the port is bound: a checkpoint that cannot be scored fails the command (exit 2)
 before anything listens, and a client that connects early is refused rather than kept waiting.
 
-Shutdown (SIGTERM or SIGINT): the listening socket is closed (no new connections), ``/health`` answers 503, the
-worker stops waiting for batches to fill, every request already received is answered, and :func:`serve` returns
-normally (the command exits 0). Requests still unanswered after ``drain_timeout`` seconds are cancelled; a second
-SIGINT stops at once.
+Shutdown (SIGTERM or SIGINT): the listening socket is closed (no new connections; a scoring request arriving on
+a connection already open gets 503 ``shutting_down``), ``/health`` answers 503, the batcher stops waiting for
+batches to fill, every request already received is answered, and :func:`serve` returns normally (the command
+exits 0). When ``drain_timeout`` seconds pass first, every request still waiting (queued, or in a forward that
+has not finished) is answered 503 ``shutting_down`` and the server stops: the process exits within about
+``drain_timeout`` + 1 s (the second lets those answers go out), whatever the model is doing. A second SIGINT
+stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -26,10 +30,11 @@ from typing import Any
 from vhtool.errors import InputError, OperationError
 from vhtool.models.scoring.engine import Scorer
 from vhtool.models.scoring.options import ScoreOptions
-from vhtool.serve.app import ROUTES, ServeState, build_app, server_info
+from vhtool.serve.app import RETRY_AFTER_S, ROUTES, ServeState, build_app, server_info
 from vhtool.serve.batcher import Batcher
 from vhtool.serve.metrics import Metrics
 from vhtool.serve.options import ServeOptions
+from vhtool.serve.wire import WireError
 
 TOKENIZER_THREADS = 2
 
@@ -137,7 +142,8 @@ def serve(
         scorer = Scorer(checkpoint, options=score_options)
     state_box: list[ServeState] = []
     batcher = Batcher(
-        scorer.score_batch,
+        scorer.forward_batch,
+        prepare=scorer.pad_batch,  # padding and tensors on the preparing thread, the forward alone on the model's
         max_batch_tokens=options.max_batch_tokens,
         max_batch_size=options.max_batch_size,
         max_queued=options.max_queued_texts,
@@ -176,7 +182,9 @@ def serve(
         log_level="warning",
         access_log=False,
         lifespan="off",
-        timeout_graceful_shutdown=int(max(1, round(options.drain_timeout))),
+        # the drain deadline is vhtool's (_Server.drain answers what is left at drain_timeout); uvicorn's own
+        # deadline comes a second later, so those answers are written before it closes the connections
+        timeout_graceful_shutdown=math.ceil(options.drain_timeout) + 1,
         timeout_keep_alive=5,
         log_config=None,
     )
@@ -188,12 +196,14 @@ def serve(
     except OSError as exc:  # pragma: no cover - the event loop failed to start
         raise OperationError(f"the server failed: {exc}") from None
     finally:
-        left = batcher.stop(timeout=options.drain_timeout)
+        server.cancel_deadline()
+        # every request has been answered (or abandoned at the deadline): a forward still running is not waited for
+        left = batcher.stop(timeout=options.drain_timeout if server.abandoned is None else 0.5)
         for entry in left:
             entry.deliver(entry, None, OperationError("the server stopped before this text was scored."))
         pool.shutdown(wait=False, cancel_futures=True)
         sock.close()
-    return sum(not e.cancelled for e in left)
+    return (server.abandoned or 0) + sum(not e.cancelled for e in left)
 
 
 class _Server:
@@ -230,10 +240,31 @@ class _Server:
 
         self.state = state
         self.server = Server(config)
+        self.abandoned: int | None = None  # texts answered 503 when the drain deadline passed (None: it did not)
+        self._deadline: threading.Timer | None = None
 
     def _drain(self) -> None:
+        if self.state.draining:
+            return
         self.state.draining = True
         self.state.batcher.flush()
+        self._deadline = threading.Timer(self.state.options.drain_timeout, self._give_up)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _give_up(self) -> None:
+        """The drain deadline: every request still waiting is answered 503, so uvicorn's shutdown can finish."""
+        error = WireError(
+            503,
+            "shutting_down",
+            "the server stopped (its --drain-timeout ran out) before this text was scored; send it again.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+        self.abandoned = self.state.batcher.abandon(error)
+
+    def cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     async def serve(self, sockets: list[socket.socket]) -> None:
         await self.server.serve(sockets=sockets)

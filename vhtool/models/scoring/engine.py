@@ -21,6 +21,7 @@ import inspect
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vhtool.errors import OperationError
@@ -164,11 +165,16 @@ class Scorer:
             return len(seq) - 1
         return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad), 0)
 
-    def _head_outputs(self, ids: Any, mask: Any, *, kind: str) -> Any:
-        """Per-token head outputs ``(batch, seq)`` for the chosen head, by the fast (backbone) or full path."""
+    def _head_outputs(self, ids: Any, mask: Any, *, kind: str, positions: Any = None) -> Any:
+        """Per-token head outputs ``(batch, seq)`` for the chosen head, by the fast (backbone) or full path.
+
+        ``positions`` (when the batch was prepared by :meth:`pad_batch`) are the ids derived from ``mask`` below.
+        """
         import torch
 
-        pos = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos = positions
+        if pos is None and mask is not None:
+            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         model = self.model
         if self.classifier is not None:
             hidden = self._backbone_hidden(ids, mask, pos)
@@ -210,7 +216,15 @@ class Scorer:
     # ------------------------------------------------------------------ one batch
     def score_batch(self, seqs: Sequence[list[int]]) -> tuple[list[float], list[list[float]] | None]:
         """Scores token sequences in one padded batch: the head at each last real token (and all tokens)."""
+        return self.forward_batch(self.pad_batch(seqs))
+
+    def pad_batch(self, seqs: Sequence[list[int]]) -> PaddedBatch:
+        """Everything a batch's forward needs but the forward: padded ids, mask, position ids, readout indices,
+        already on the device. Pure preparation, so a server can run it on another thread while a forward runs.
+        """
         import torch
+
+        from vhtool.models.reward import last_token_index
 
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -223,27 +237,39 @@ class Scorer:
             else:
                 ids[r, : len(s)] = t
                 mask[r, : len(s)] = 1
-        ids = ids.to(self.device, non_blocking=True)
-        mask = mask.to(self.device, non_blocking=True)
-        from vhtool.models.reward import last_token_index
-
         # Right padding needs no attention mask in a causal LM: a real token only attends to positions before
         # it, all real, so the plain causal path (SDPA's is_causal kernels, no mask tensor) gives its output.
         needs_mask = self.padding_side == "left" and any(len(s) < width for s in seqs)
+        if self.readout is not None:  # the hook: the convention's token
+            last = torch.tensor(
+                [(width - len(s) if self.padding_side == "left" else 0) + self.readout.index(s) for s in seqs]
+            )
+        elif self.classifier == "seq-cls":
+            last = torch.tensor(
+                [(width - len(s) if self.padding_side == "left" else 0) + self.readout_index(s) for s in seqs]
+            )
+        else:
+            last = last_token_index(mask)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) if needs_mask else None
+        return PaddedBatch(
+            seqs=tuple(seqs),
+            width=width,
+            ids=ids.to(self.device, non_blocking=True),
+            mask=mask.to(self.device, non_blocking=True) if needs_mask else None,
+            positions=positions.to(self.device, non_blocking=True) if positions is not None else None,
+            last=last,
+        )
+
+    def forward_batch(self, batch: PaddedBatch) -> tuple[list[float], list[list[float]] | None]:
+        """The forward of a batch :meth:`pad_batch` prepared: its scores (and per-token values when asked)."""
+        import torch
+
+        seqs, width = batch.seqs, batch.width
         with torch.inference_mode():
-            out = self._head_outputs(ids, mask if needs_mask else None, kind=self.forward_kind).float()
-            if self.readout is not None:  # the hook: the convention's token, and its normalisation
+            out = self._head_outputs(batch.ids, batch.mask, kind=self.forward_kind, positions=batch.positions).float()
+            if self.readout is not None:  # the hook: the convention's normalisation
                 out = self.readout.normalize(out)
-                last = torch.tensor(
-                    [(width - len(s) if self.padding_side == "left" else 0) + self.readout.index(s) for s in seqs]
-                )
-            elif self.classifier == "seq-cls":
-                last = torch.tensor(
-                    [(width - len(s) if self.padding_side == "left" else 0) + self.readout_index(s) for s in seqs]
-                )
-            else:
-                last = last_token_index(mask)
-            scores = out[torch.arange(len(seqs), device=out.device), last.to(out.device)].cpu().tolist()
+            scores = out[torch.arange(len(seqs), device=out.device), batch.last.to(out.device)].cpu().tolist()
             values: list[list[float]] | None = None
             if self.options.per_token:
                 rows = out.cpu()
@@ -254,4 +280,25 @@ class Scorer:
         return scores, values
 
 
-__all__ = ["Scorer"]
+@dataclass(frozen=True)
+class PaddedBatch:
+    """One batch ready for its forward (see :meth:`Scorer.pad_batch`).
+
+    Attributes:
+        seqs: the token sequences, unpadded, in batch order.
+        width: the padded length.
+        ids: ``(batch, width)`` padded token ids, on the scoring device.
+        mask: the attention mask to pass, or ``None`` (right padding, or no padding: the causal path).
+        positions: position ids derived from the mask when it is passed, else ``None``.
+        last: ``(batch,)`` the padded position each score is read at (CPU).
+    """
+
+    seqs: tuple[list[int], ...]
+    width: int
+    ids: Any
+    mask: Any
+    positions: Any
+    last: Any
+
+
+__all__ = ["PaddedBatch", "Scorer"]
