@@ -38,8 +38,34 @@ IDS = [
 ]
 
 
-def builtin(name: str) -> Path:
-    return resolve_source(f"builtin:{name}").path
+def builtin(name: str | Path) -> Path:
+    return name if isinstance(name, Path) else resolve_source(f"builtin:{name}").path
+
+
+def tiny_opt(out: Path, *, hidden_size: int = 32, word_embed_proj_dim: int = 24, seed: int = 0) -> Path:
+    """A tiny OPT causal LM (opt-350m's shape: ``word_embed_proj_dim`` != ``hidden_size``, so the decoder projects
+    its output back down, modeling_opt.py ``project_out``) with tiny-gpt2's tokenizer (OPT's is GPT-2's)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(builtin("tiny-gpt2"))
+    config = OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        word_embed_proj_dim=word_embed_proj_dim,
+        ffn_dim=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=1,
+        do_layer_norm_before=False,  # opt-350m's: post-LN, so no final layer norm before project_out
+        dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    OPTForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- OpenRLHF
@@ -158,7 +184,7 @@ class DSRewardModel(nn.Module):
         return torch.stack(scores)
 
 
-def save_deepspeed_chat(family: str, out: Path, *, seed: int = 0, legacy: bool = False) -> Path:
+def save_deepspeed_chat(family: str | Path, out: Path, *, seed: int = 0, legacy: bool = False) -> Path:
     """create_critic_model (model_utils.py:115-160) then save_hf_format: pytorch_model.bin + config.json."""
     src = builtin(family)
     tok = AutoTokenizer.from_pretrained(src)

@@ -29,10 +29,10 @@ from vhtool.models.scoring.readout import Readout
 TOL = 1e-4
 
 
-def vhtool_scores(path: Path, **options: Any) -> list[float]:
+def vhtool_scores(path: Path, ids: list[list[int]] | None = None, **options: Any) -> list[float]:
     scorer = Scorer(path, options=ScoreOptions(device="cpu", **options))
     assert scorer.readout is not None
-    seqs = [scorer.readout.prepare(list(ids), limit=None) for ids in F.IDS]
+    seqs = [scorer.readout.prepare(list(seq), limit=None) for seq in (F.IDS if ids is None else ids)]
     return [scorer.score_batch([s])[0][0] for s in seqs]
 
 
@@ -269,3 +269,59 @@ def test_score_cli_readout_and_pickle(sources: dict[str, Path], expected: dict[s
     assert res.exit_code == 0, res.output
     got = [json.loads(line)["score"] for line in res.stdout.splitlines() if line.startswith("{")]
     assert got == pytest.approx(expected["deepspeed-chat"], abs=TOL)
+
+
+# ------------------------------------------------------------------------ OPT's projection (DeepSpeed-Chat)
+#: OPT's tokenizer starts every text with ``</s>`` (its EOS, id 0 in the tiny tokenizer): DeepSpeed-Chat's
+#: ``num_padding_at_beginning=1``.
+OPT_IDS = [[0, *ids] for ids in F.IDS]
+
+
+@pytest.fixture(scope="module")
+def opt_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepSpeed-Chat reward model on an OPT whose ``word_embed_proj_dim`` (24) is not its ``hidden_size`` (32)."""
+    root = tmp_path_factory.mktemp("opt")
+    return F.save_deepspeed_chat(F.tiny_opt(root / "base"), root / "ds")
+
+
+def test_opt_projection_width_scores_and_converts(opt_ds: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    state = torch.load(opt_ds / "pytorch_model.bin", weights_only=True)
+    assert state["v_head.weight"].shape == (1, 24)  # word_embed_proj_dim, not hidden_size (reward_model.py:21-26)
+    want = [F.deepspeed_chat_reward(opt_ds, ids) for ids in OPT_IDS]
+    assert vhtool_scores(opt_ds, OPT_IDS, allow_pickle=True) == pytest.approx(want, abs=TOL)
+    for to in ("seq-cls", "vhtool", "deepspeed-chat"):
+        out = tmp_path / to
+        convert_checkpoint(opt_ds, out, to=to, allow_pickle=True)
+        assert vhtool_scores(out, OPT_IDS, allow_pickle=True) == pytest.approx(want, abs=TOL), to
+        back = tmp_path / f"{to}-back"
+        convert_checkpoint(out, back, to="deepspeed-chat", allow_pickle=True)
+        again = torch.load(back / "pytorch_model.bin", weights_only=True)
+        assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state), to
+        F.deepspeed_chat_load(back)  # strict
+    # transformers' OPTForSequenceClassification sizes its score by word_embed_proj_dim too: a strict load, and its
+    # per-token logits at DeepSpeed-Chat's token are DeepSpeed-Chat's reward
+    model, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seq-cls", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert model.score.weight.shape == (1, 24)
+    with torch.no_grad():
+        hidden = model.model(torch.tensor([OPT_IDS[0]])).last_hidden_state
+        logits = model.score(hidden)[0, :, 0]
+    eos_at = OPT_IDS[0].index(0, 1) if 0 in OPT_IDS[0][1:] else len(OPT_IDS[0])
+    assert float(logits[eos_at - 1]) == pytest.approx(want[0], abs=TOL)
+
+
+@pytest.mark.parametrize(
+    ("to", "needle"),
+    [
+        ("openrlhf", "sizes its head by the config's hidden_size (32), but this opt backbone outputs 24 wide"),
+        ("trlx", "sizes its head by the config's hidden_size (32), but this opt backbone outputs 24 wide"),
+        ("token-cls", "transformers has no OPTForTokenClassification"),
+    ],
+)
+def test_opt_projection_refused_where_the_target_cannot_hold_it(
+    opt_ds: Path, tmp_path: Path, to: str, needle: str
+) -> None:
+    out = tmp_path / "o"
+    _refused(["convert", str(opt_ds), "--to", to, "--allow-pickle", "-o", str(out)], out, opt_ds, needle)

@@ -209,6 +209,10 @@ class Convention:
         role: the role a checkpoint of this convention has by default (``reward`` or ``critic``).
         writable: ``convert --to`` writes it.
         source: where the framework's code says so.
+        head_width: what the framework sizes the head's input by: ``output``, the backbone's output width
+            (OPT's ``word_embed_proj_dim``, else ``hidden_size``), or ``hidden_size``, the config's
+            ``hidden_size``/``n_embd``/``d_model`` whatever the backbone outputs (OpenRLHF, trlx: on OPT with a
+            projection their own models cannot be built, so vhtool refuses to write them).
     """
 
     name: str
@@ -227,6 +231,7 @@ class Convention:
     role: str
     writable: bool
     source: str
+    head_width: str = "output"
 
 
 TABLE: dict[str, Convention] = {
@@ -322,6 +327,7 @@ TABLE: dict[str, Convention] = {
             True,
             "openrlhf/models/model.py:177-243 (reward), 245-330 (critic), 73-74 (value_head_prefix); "
             "openrlhf/datasets/reward_dataset.py:142-169 (EOS appended); openrlhf/trainer/rm_trainer.py:296 (mean)",
+            "hidden_size",  # nn.Linear(config.hidden_size, 1, bias=False), model.py:184
         ),
         Convention(
             "deepspeed-chat",
@@ -360,6 +366,7 @@ TABLE: dict[str, Convention] = {
             True,
             "trlx/models/modeling_ppo.py (make_value_branch, AutoModelForCausalLMWithValueHead.state_dict, "
             "AutoModelForCausalLMWithHydraValueHead: frozen_head.*); trlx/utils/modeling.py (make_head)",
+            "hidden_size",  # make_head(hf_get_hidden_size(config)): hidden_size, n_embd or d_model
         ),
         Convention(
             "trlx-rm",
@@ -548,6 +555,33 @@ def detect_framework(names: list[str] | set[str], config: dict[str, object] | No
         base = _first_segment([k for k in keys if not k.startswith("score.")])
         return FrameworkDetected(c, ("score.weight", "score.bias"), f"{base}.", base, "critic", "last", {}, ())
     return None
+
+
+def declared_hidden_size(config: dict[str, object]) -> int | None:
+    """The config's ``hidden_size`` (or ``n_embd``/``d_model``), as trlx's ``hf_get_hidden_size`` finds it."""
+    for k in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(v := config.get(k), int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def target_width_problem(to: str, width: int, config: dict[str, object]) -> str | None:
+    """Why ``convert --to to`` cannot write a head of input ``width`` on this backbone, or ``None``.
+
+    Frameworks that size the head by ``hidden_size`` (:attr:`Convention.head_width`) build a head of the wrong
+    width on OPT with a projection (``word_embed_proj_dim`` != ``hidden_size``: the backbone's output is the
+    projection's width), so neither their loader nor their forward can take the head.
+    """
+    conv = TABLE.get(to)
+    declared = declared_hidden_size(config)
+    if conv is None or conv.head_width != "hidden_size" or declared is None or declared == width:
+        return None
+    return (
+        f"--to {to}: {conv.framework} sizes its head by the config's hidden_size ({declared}), but this "
+        f"{config.get('model_type', 'model')} backbone outputs {width} wide (word_embed_proj_dim, its output "
+        f"projection), so {to} cannot load or run it; convert --to seq-cls, deepspeed-chat or vhtool, which size "
+        "the head by the output width"
+    )
 
 
 def head_width_problem(width: int, config: dict[str, object]) -> str | None:

@@ -22,6 +22,7 @@ from vhtool.checkpoint.conventions import (
     detect_framework,
     head_width_problem,
     readout_for,
+    target_width_problem,
 )
 from vhtool.checkpoint.pickle_src import load_state_dict, read_config
 from vhtool.errors import InputError
@@ -330,6 +331,10 @@ def write_target(
     lost: list[str] = []
     warnings: list[str] = []
     notes: list[str] = []
+    width = int(canon.head["0.weight" if canon.mlp else "weight"].shape[-1])
+    problem = target_width_problem(to, width, canon.config)
+    if problem is not None:
+        raise InputError(f"{problem}.")
     config = dict(canon.config)
     for key in ("normalize_reward", "mean", "std", "value_head_prefix", "end_token_id", "auto_map"):
         config.pop(key, None)
@@ -409,6 +414,13 @@ def write_target(
             arch = target_architecture(dict(canon.config), to)
             if arch is None:
                 raise InputError(f"cannot name the {to} class of model_type {canon.config.get('model_type')!r}.")
+            import transformers
+
+            if not hasattr(transformers, arch):  # OPT has no ...ForTokenClassification, for one
+                raise InputError(
+                    f"--to {to}: transformers has no {arch}, so nothing could load the result; "
+                    f"convert --to {'seq-cls' if to == 'token-cls' else 'token-cls'} or vhtool instead."
+                )
             config["architectures"] = [arch]
             config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
             config.pop("num_labels", None)
