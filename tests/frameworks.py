@@ -247,10 +247,41 @@ class TrlxValueModel(nn.Module):
         return self.v_head(out.hidden_states[-1]).squeeze(-1)
 
 
-def save_trlx(family: str, out: Path, *, seed: int = 0, head: dict[str, torch.Tensor] | None = None) -> Path:
+class ModelBranch(nn.Module):
+    """modeling_ppo.py ModelBranch.__init__: deep copies of the top ``num_layers_unfrozen`` decoder blocks, the final
+    norm and the LM head of the causal LM (GPT-2 here: ``transformer.h``, ``transformer.ln_f``, ``lm_head``)."""
+
+    def __init__(self, base_model: Any, num_layers_unfrozen: int) -> None:
+        super().__init__()
+        from copy import deepcopy
+
+        self.decoder_blocks = deepcopy(base_model.transformer.h[-num_layers_unfrozen:])
+        self.final_norm = deepcopy(base_model.transformer.ln_f)
+        self.lm_head = deepcopy(base_model.get_output_embeddings())
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+
+class TrlxHydraValueModel(TrlxValueModel):
+    """AutoModelForCausalLMWithHydraValueHead: the value model plus ``frozen_head`` (state_dict: ``frozen_head.*``)."""
+
+    def __init__(self, base_model: Any, num_layers_unfrozen: int) -> None:
+        super().__init__(base_model)
+        self.frozen_head = ModelBranch(base_model, num_layers_unfrozen)
+
+
+def save_trlx(
+    family: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    head: dict[str, torch.Tensor] | None = None,
+    hydra_layers: int = 0,
+) -> Path:
     src = builtin(family)
     torch.manual_seed(seed)
-    model = TrlxValueModel(AutoModelForCausalLM.from_pretrained(src))
+    base = AutoModelForCausalLM.from_pretrained(src)
+    model = TrlxHydraValueModel(base, hydra_layers) if hydra_layers else TrlxValueModel(base)
     if head is not None:
         model.v_head.load_state_dict(head)
     out.mkdir(parents=True)
@@ -261,10 +292,13 @@ def save_trlx(family: str, out: Path, *, seed: int = 0, head: dict[str, torch.Te
 
 
 def trlx_load(path: Path) -> TrlxValueModel:
-    """trlx's from_pretrained: the causal LM from config, then post_init's strict load_state_dict."""
+    """trlx's from_pretrained: the causal LM from config, then post_init's strict load_state_dict (the hydra class,
+    rebuilding ``frozen_head`` with as many blocks as the checkpoint has, when there are ``frozen_head.*`` keys)."""
     config = AutoConfig.from_pretrained(path)
-    model = TrlxValueModel(AutoModelForCausalLM.from_config(config))
     state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    blocks = {k.split(".")[2] for k in state if k.startswith("frozen_head.decoder_blocks.")}
+    base = AutoModelForCausalLM.from_config(config)
+    model = TrlxHydraValueModel(base, len(blocks)) if blocks else TrlxValueModel(base)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -325,3 +325,36 @@ def test_opt_projection_refused_where_the_target_cannot_hold_it(
 ) -> None:
     out = tmp_path / "o"
     _refused(["convert", str(opt_ds), "--to", to, "--allow-pickle", "-o", str(out)], out, opt_ds, needle)
+
+
+# ------------------------------------------------------------------------------ trlx's hydra (frozen_head.*)
+def test_trlx_hydra_branch_reported_kept_for_trlx_dropped_elsewhere(tmp_path: Path) -> None:
+    w, b = torch.randn(1, 64), torch.tensor([0.0])
+    src = F.save_trlx("tiny-gpt2", tmp_path / "hydra", head=linear_as_mlp(w, b), hydra_layers=1)
+    state = torch.load(src / "pytorch_model.bin", weights_only=True)
+    frozen = {k: v for k, v in state.items() if k.startswith("frozen_head.")}
+    assert "frozen_head.decoder_blocks.0.attn.c_attn.weight" in frozen and "frozen_head.lm_head.weight" in frozen
+    want = [F.trlx_value(src, ids) for ids in F.IDS]
+    assert vhtool_scores(src, allow_pickle=True) == pytest.approx(want, abs=TOL)  # the branch is not the value
+    det = detect_framework(set(state), json.loads((src / "config.json").read_text()))
+    assert det is not None and det.hydra and "hydra reference branch frozen_head.*" in det.describe()
+
+    kept = convert_checkpoint(src, tmp_path / "trlx", to="trlx", allow_pickle=True)
+    assert [n for n in kept.notes if "frozen_head" in n] == [
+        "kept trlx's hydra reference branch frozen_head.* "
+        f"({len(frozen)} tensors: 1 decoder block, final norm, LM head) unchanged, for trlx's "
+        "AutoModelForCausalLMWithHydraValueHead"
+    ]
+    again = torch.load(tmp_path / "trlx" / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(again[k], v) for k, v in frozen.items())
+    F.trlx_load(tmp_path / "trlx")  # the hydra class, strict
+    assert vhtool_scores(tmp_path / "trlx", allow_pickle=True) == pytest.approx(want, abs=TOL)
+
+    res = CliRunner().invoke(
+        app, ["convert", str(src), "--to", "vhtool", "--allow-pickle", "-o", str(tmp_path / "vh")]
+    )
+    assert res.exit_code == 0, res.output
+    dropped = [line for line in res.output.splitlines() if "frozen_head" in line]
+    assert len(dropped) == 1 and "dropped trlx's hydra reference branch" in dropped[0], res.output
+    assert not any(k.startswith("frozen_head.") for k in load_file(str(tmp_path / "vh" / "model.safetensors")))
+    assert vhtool_scores(tmp_path / "vh") == pytest.approx(want, abs=TOL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint
@@ -408,6 +409,20 @@ TABLE: dict[str, Convention] = {
     )
 }
 
+#: trlx's hydra reference branch (``AutoModelForCausalLMWithHydraValueHead.state_dict``, modeling_ppo.py): a
+#: frozen copy of the reference's top ``num_layers_unfrozen`` blocks, final norm and LM head, saved beside the model.
+HYDRA_PREFIX = "frozen_head."
+
+
+def hydra_summary(names: Iterable[str]) -> str:
+    """``frozen_head.* (N tensors: K decoder blocks, final norm, LM head)`` for messages, from the tensor names."""
+    names = [n.removeprefix(HYDRA_PREFIX) for n in names]
+    blocks = {n.split(".")[1] for n in names if n.startswith("decoder_blocks.") and n.count(".") >= 2}
+    parts = [f"{len(blocks)} decoder block{'s' if len(blocks) != 1 else ''}"] if blocks else []
+    parts += [w for p, w in (("final_norm.", "final norm"), ("lm_head.", "LM head")) if any(n.startswith(p) for n in names)]
+    return f"{HYDRA_PREFIX}* ({len(names)} tensors" + (f": {', '.join(parts)})" if parts else ")")
+
+
 #: The head names of every convention, for grouping tensors (inspect-layers) and messages.
 TABLE_HEAD_NAMES = frozenset(n for c in TABLE.values() for n in (*c.head, *c.legacy_head))
 
@@ -452,9 +467,10 @@ class FrameworkDetected:
             else "none"
         )
         legacy = f"; legacy spelling {', '.join(self.legacy)}" if self.legacy else ""
+        hydra = "; hydra reference branch frozen_head.* (not part of the value model)" if self.hydra else ""
         return (
             f"{self.convention.name} {self.role} ({self.convention.framework}): head {', '.join(self.head)}, "
-            f"readout {self.readout}, normalisation {norm}{legacy}"
+            f"readout {self.readout}, normalisation {norm}{legacy}{hydra}"
         )
 
 
@@ -512,7 +528,7 @@ def detect_framework(names: list[str] | set[str], config: dict[str, object] | No
             c.critic_readout,
             {},
             (),
-            hydra=any(k.startswith("frozen_head.") for k in keys),
+            hydra=any(k.startswith(HYDRA_PREFIX) for k in keys),
         )
     if "v_head.weight" in keys:
         for prefix in ("rwtransformer.", "rwtranrsformer."):

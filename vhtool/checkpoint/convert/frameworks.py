@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vhtool.checkpoint.conventions import (
+    HYDRA_PREFIX,
     LM_HEAD_PREFIXES,
     TABLE,
     VHEAD_WEIGHT,
@@ -21,6 +22,7 @@ from vhtool.checkpoint.conventions import (
     config_normalization,
     detect_framework,
     head_width_problem,
+    hydra_summary,
     readout_for,
     target_width_problem,
 )
@@ -50,7 +52,9 @@ class Canon:
         mlp: the head is trlx's two-layer MLP.
         readout: the readout rule the source framework applies (see ``conventions.READOUT_RULES``).
         normalization: ``{"normalize_reward": True, "mean", "std"}`` when the source normalises, else empty.
-        notes: what was found on the way (legacy spellings, dropped reference branches), for messages.
+        notes: what was found on the way (legacy spellings), for messages.
+        frozen_head: trlx's hydra reference branch (``frozen_head.*``, keys without the prefix): a frozen copy of
+            the reference model's top layers, not part of the value model; only ``--to trlx`` has a place for it.
     """
 
     convention: str
@@ -64,6 +68,7 @@ class Canon:
     readout: str
     normalization: dict[str, Any]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    frozen_head: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def family_base_prefix(config: Mapping[str, Any]) -> str:
@@ -134,8 +139,6 @@ def read_canon(
     if fw is not None:
         if fw.legacy:
             notes.append(f"legacy spelling {', '.join(fw.legacy)} ({fw.convention.framework}) read")
-        if fw.hydra:
-            notes.append("trlx's frozen_head.* (the hydra reference branch) is not part of the value model; dropped")
         prefix = fw.backbone_prefix
         if conv == "trlx":
             mlp = True
@@ -157,9 +160,13 @@ def read_canon(
         lm_prefix = ""
     backbone: dict[str, torch.Tensor] = {}
     lm_head: dict[str, torch.Tensor] = {}
+    frozen_head: dict[str, torch.Tensor] = {}
     stray: list[str] = []
     for k, t in state.items():
-        if k in head_keys or k.startswith("frozen_head."):
+        if k in head_keys:
+            continue
+        if conv == "trlx" and k.startswith(HYDRA_PREFIX):
+            frozen_head[k[len(HYDRA_PREFIX) :]] = t
             continue
         if k.startswith(prefix):
             backbone[k[len(prefix) :]] = t
@@ -192,6 +199,7 @@ def read_canon(
         readout=readout,
         normalization=normalization,
         notes=tuple(notes),
+        frozen_head=frozen_head,
     )
 
 
@@ -426,6 +434,16 @@ def write_target(
             config.pop("num_labels", None)
             if canon.normalization.get("normalize_reward"):  # kept for OpenRLHF, which reads it from config.json
                 config.update({k: canon.normalization[k] for k in ("normalize_reward", "mean", "std")})
+    if canon.frozen_head:
+        what = f"trlx's hydra reference branch {hydra_summary(canon.frozen_head)}"
+        if to == "trlx":
+            state.update({f"{HYDRA_PREFIX}{k}": v for k, v in canon.frozen_head.items()})
+            notes.append(f"kept {what} unchanged, for trlx's AutoModelForCausalLMWithHydraValueHead")
+        else:
+            notes.append(
+                f"dropped {what}: a frozen copy of the reference's top layers, not part of the value model; "
+                f"{to} has no place for it (--to trlx keeps it)"
+            )
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     if to in ("deepspeed-chat", "trlx"):
         from vhtool.checkpoint.catalogue import PICKLE_FILE
