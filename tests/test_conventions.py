@@ -358,3 +358,66 @@ def test_trlx_hydra_branch_reported_kept_for_trlx_dropped_elsewhere(tmp_path: Pa
     assert len(dropped) == 1 and "dropped trlx's hydra reference branch" in dropped[0], res.output
     assert not any(k.startswith("frozen_head.") for k in load_file(str(tmp_path / "vh" / "model.safetensors")))
     assert vhtool_scores(tmp_path / "vh") == pytest.approx(want, abs=TOL)
+
+
+# --------------------------------------------------------------------- inspect-layers on pickle-only checkpoints
+def test_inspect_pickle_needs_allow_pickle(sources: dict[str, Path]) -> None:
+    src = sources["deepspeed-chat"]
+    before = tree_bytes(src)
+    res = CliRunner().invoke(app, ["inspect-layers", str(src)])
+    assert res.exit_code == 2, res.output
+    assert "--allow-pickle" in res.output and "Traceback" not in res.output and "group" not in res.output
+    res = CliRunner().invoke(app, ["inspect-layers", str(src), "--json"])  # --json: the error object, nothing else
+    assert res.exit_code == 2 and json.loads(res.stdout)["error"]["type"] == "InputError", res.output
+    assert "--allow-pickle" in json.loads(res.stdout)["error"]["message"]
+    assert tree_bytes(src) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "convention", "needle"),
+    [
+        ("deepspeed-chat", "deepspeed-chat", "deepspeed-chat reward"),
+        ("deepspeed-chat-legacy", "deepspeed-chat", "legacy spelling rwtranrsformer."),
+        ("trlx", "trlx", "trlx critic"),
+    ],
+)
+def test_inspect_pickle_names_convention_and_readout(
+    sources: dict[str, Path], kind: str, convention: str, needle: str
+) -> None:
+    res = CliRunner().invoke(
+        app, ["inspect-layers", str(sources[kind]), "--allow-pickle", "--json", "--require-value-head"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    vh = report["value_head"]
+    assert vh["found"] and vh["ok"] and vh["convention"] == convention, vh
+    rule = TABLE[convention].readout if convention != "trlx" else "last"
+    assert any(needle in n and f"readout {rule}" in n for n in vh["notes"]), vh["notes"]
+    assert {t["file"] for t in report["tensors"]} == {"pytorch_model.bin"}
+    assert not any(g["label"].startswith("v_head") for g in report["groups"])  # trlx's MLP is the head, not blocks
+
+
+def test_inspect_pickle_hydra_and_bare_state_dict(sources: dict[str, Path], tmp_path: Path) -> None:
+    hydra = F.save_trlx("tiny-gpt2", tmp_path / "hydra", hydra_layers=1)
+    res = CliRunner().invoke(app, ["inspect-layers", str(hydra), "--allow-pickle"])
+    assert res.exit_code == 0, res.output
+    assert "trlx's hydra reference branch frozen_head.* (15 tensors: 1 decoder block, final norm, LM head)" in (
+        " ".join(res.output.split())
+    )
+    bare = tmp_path / "rm"  # trlx's summarisation RM: transformer.* + v_head.weight, no config.json
+    bare.mkdir()
+    ds = torch.load(sources["deepspeed-chat"] / "pytorch_model.bin", weights_only=True)
+    torch.save({k.replace("rwtransformer.", "transformer."): v for k, v in ds.items()}, bare / "pytorch_model.bin")
+    res = CliRunner().invoke(app, ["inspect-layers", str(bare), "--allow-pickle", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["value_head"]["convention"] == "trlx-rm"
+    assert any("readout before-eos" in n for n in report["value_head"]["notes"])
+    assert any("--config-from" in n for n in report["notes"])
+
+
+def test_inspect_opt_projection_head_is_ok(opt_ds: Path) -> None:
+    res = CliRunner().invoke(app, ["inspect-layers", str(opt_ds), "--allow-pickle", "--json", "--require-value-head"])
+    assert res.exit_code == 0, res.output
+    vh = json.loads(res.stdout)["value_head"]
+    assert vh["heads"][0]["shape"] == [1, 24] and vh["hidden_size"] == 24 and vh["ok"], vh
