@@ -210,6 +210,7 @@ def deepspeed_chat_load(path: Path) -> DSRewardModel:
     config = AutoConfig.from_pretrained(path)
     base = AutoModel.from_config(config)
     tok = AutoTokenizer.from_pretrained(path)
+    base.resize_token_embeddings(int(8 * math.ceil(len(tok) / 8.0)))  # create_hf_model, model_utils.py:107-112
     model = DSRewardModel(base, tok.eos_token_id)
     state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     state = {k.replace("rwtranrsformer.", "rwtransformer."): v for k, v in state.items()}

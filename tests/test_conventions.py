@@ -421,3 +421,38 @@ def test_inspect_opt_projection_head_is_ok(opt_ds: Path) -> None:
     assert res.exit_code == 0, res.output
     vh = json.loads(res.stdout)["value_head"]
     assert vh["heads"][0]["shape"] == [1, 24] and vh["hidden_size"] == 24 and vh["ok"], vh
+
+
+# ---------------------------------------------------------------- DeepSpeed-Chat's vocabulary (a multiple of 8)
+def test_deepspeed_chat_vocab_fixed_for_transformers_targets(sources: dict[str, Path], tmp_path: Path) -> None:
+    """A config that lags the resized embedding (the base model's config.json, 663, beside 664 rows, as when it is
+    copied next to the weights save_zero_three_model writes): converted targets load strictly in transformers."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    src = tmp_path / "ds"
+    src.mkdir()
+    for p in sources["deepspeed-chat"].iterdir():
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "config.json").write_bytes((F.builtin("tiny-gpt2") / "config.json").read_bytes())
+    assert torch.load(src / "pytorch_model.bin", weights_only=True)["rwtransformer.wte.weight"].shape[0] == 664
+    want = [F.deepspeed_chat_reward(src, ids) for ids in F.IDS]  # DeepSpeed-Chat resizes before loading: fine there
+    assert vhtool_scores(src, allow_pickle=True) == pytest.approx(want, abs=TOL)
+    res = convert_checkpoint(src, tmp_path / "seq", to="seq-cls", allow_pickle=True)
+    assert any("vocab_size 663, the embedding has 664 rows" in n for n in res.notes), res.notes
+    assert json.loads((tmp_path / "seq" / "config.json").read_text())["vocab_size"] == 664
+    _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seq", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    _, info = AutoModel.from_pretrained(tmp_path / "seq", output_loading_info=True)  # the backbone: all but the head
+    assert not info["missing_keys"] and not info["mismatched_keys"] and info["unexpected_keys"] == {"score.weight"}
+    assert vhtool_scores(tmp_path / "seq") == pytest.approx(want, abs=TOL)
+
+
+def test_to_deepspeed_chat_pads_the_embedding_to_a_multiple_of_8(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sources["openrlhf"]  # tiny-llama: 666 tokens, which DeepSpeed-Chat's create_hf_model resizes to 672
+    res = convert_checkpoint(src, tmp_path / "ds", to="deepspeed-chat")
+    assert any("666 rows padded with zeros to 672" in n for n in res.notes), res.notes
+    state = torch.load(tmp_path / "ds" / "pytorch_model.bin", weights_only=True)
+    emb = state["rwtransformer.embed_tokens.weight"]
+    original = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
+    assert emb.shape[0] == 672 and torch.equal(emb[:666], original) and not emb[666:].any()
+    F.deepspeed_chat_load(tmp_path / "ds")  # resizes to 672, then every key matches (strict)

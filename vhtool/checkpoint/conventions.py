@@ -419,7 +419,8 @@ def hydra_summary(names: Iterable[str]) -> str:
     names = [n.removeprefix(HYDRA_PREFIX) for n in names]
     blocks = {n.split(".")[1] for n in names if n.startswith("decoder_blocks.") and n.count(".") >= 2}
     parts = [f"{len(blocks)} decoder block{'s' if len(blocks) != 1 else ''}"] if blocks else []
-    parts += [w for p, w in (("final_norm.", "final norm"), ("lm_head.", "LM head")) if any(n.startswith(p) for n in names)]
+    tails = (("final_norm.", "final norm"), ("lm_head.", "LM head"))
+    parts += [w for p, w in tails if any(n.startswith(p) for n in names)]
     return f"{HYDRA_PREFIX}* ({len(names)} tensors" + (f": {', '.join(parts)})" if parts else ")")
 
 

@@ -107,7 +107,6 @@ def load_state_dict(src: Path, *, allow_pickle: bool) -> tuple[dict[str, torch.T
         InputError: no weights, or pickle weights without ``allow_pickle``.
         CheckpointError: a file cannot be read, or a pickle holds something other than a state dict of tensors.
     """
-    import torch
     from safetensors.torch import load_file
 
     fmt, files = weight_files(src)

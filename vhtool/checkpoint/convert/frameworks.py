@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 #: Classifier head names (``conventions.KNOWN_HEADS``): with a bias a token classifier, without a sequence one.
 _CLASSIFIER_HEADS = ("score", "classifier", "value_head")
 
+#: How ``AutoModel`` names its token embedding (GPT-2, Llama/OPT/Mistral/Qwen, GPT-NeoX, Bloom).
+_TOKEN_EMBEDDINGS = ("wte.weight", "embed_tokens.weight", "embed_in.weight", "word_embeddings.weight")
+
+
+def token_embedding_key(backbone: Mapping[str, Any]) -> str | None:
+    """The backbone's token-embedding tensor (``AutoModel`` keys), or ``None`` when none is recognised."""
+    return next((k for k in sorted(backbone) if k.endswith(_TOKEN_EMBEDDINGS)), None)
+
 
 @dataclass(frozen=True)
 class Canon:
@@ -186,11 +194,20 @@ def read_canon(
     problem = head_width_problem(width, config)
     if problem is not None:
         raise InputError(f"{src}: {problem}.")
+    config = dict(config)
+    emb = token_embedding_key(backbone)
+    declared = config.get("vocab_size")
+    if emb is not None and isinstance(declared, int) and declared != int(backbone[emb].shape[0]):
+        # DeepSpeed-Chat resizes the embedding to a multiple of 8 after building the model from its config; a config
+        # that lags it (the base model's, copied beside weights save_zero_three_model wrote) builds the wrong size
+        rows = int(backbone[emb].shape[0])
+        config["vocab_size"] = rows
+        notes.append(f"config.json says vocab_size {declared}, the embedding has {rows} rows: vocab_size set to {rows}")
     readout = readout_for(conv, the_role)
     return Canon(
         convention=conv,
         role=the_role,
-        config=dict(config),
+        config=config,
         base=base,
         backbone=backbone,
         lm_head=lm_head,
@@ -355,8 +372,10 @@ def write_target(
         lm = _lm_head(canon, to=to)
         state.update({f"base_model.{base}.{k}": v for k, v in canon.backbone.items()})
         if not lm:  # trlx's state_dict lists the tied LM head under its own name too (strict load needs it)
-            emb = next(v for k, v in canon.backbone.items() if k.endswith(("wte.weight", "embed_tokens.weight")))
-            lm = {"lm_head.weight": emb}
+            key = token_embedding_key(canon.backbone)
+            if key is None:
+                raise InputError("--to trlx: cannot find the token embedding the tied LM head is.")
+            lm = {"lm_head.weight": canon.backbone[key]}
         state.update({f"base_model.{k}": v for k, v in lm.items()})
         state.update({f"v_head.{k}": v for k, v in head_t.items()})
         head = tuple(f"v_head.{k}" for k in head_t)
@@ -388,7 +407,21 @@ def write_target(
             for key in ("id2label", "label2id", "num_labels"):
                 config.pop(key, None)
         elif to == "deepspeed-chat":
-            state.update({f"rwtransformer.{k}": v for k, v in canon.backbone.items()})
+            backbone = dict(canon.backbone)
+            emb = token_embedding_key(backbone)
+            rows = int(backbone[emb].shape[0]) if emb is not None else 0
+            if emb is not None and rows % 8:
+                # create_hf_model resizes the embedding to 8 * ceil(len(tokenizer) / 8) before loading, and its loader
+                # drops a tensor of another shape silently (random embeddings): write it at that size already
+                padded = 8 * -(-rows // 8)
+                t = backbone[emb]
+                backbone[emb] = torch.cat([t, t.new_zeros(padded - rows, *t.shape[1:])])
+                config["vocab_size"] = padded
+                notes.append(
+                    f"the embedding's {rows} rows padded with zeros to {padded}, the multiple of 8 DeepSpeed-Chat "
+                    f"resizes it to (for a tokenizer of {rows} tokens); no token id below {rows} changes"
+                )
+            state.update({f"rwtransformer.{k}": v for k, v in backbone.items()})
             state["v_head.weight"] = w
             head = ("v_head.weight",)
             config["architectures"] = _causal_arch(canon.config)
@@ -397,12 +430,6 @@ def write_target(
             config["pad_token_id"] = eos  # model_utils.py:111
             for key in ("id2label", "label2id", "num_labels"):
                 config.pop(key, None)
-            rows = next((int(v.shape[0]) for k, v in canon.backbone.items() if k.endswith("embed_tokens.weight")), 0)
-            if rows % 8:
-                notes.append(
-                    f"the embedding has {rows} rows; DeepSpeed-Chat resizes it to a multiple of 8 of the tokenizer's "
-                    "length before loading, so keep the tokenizer that matches"
-                )
         elif to == "vhtool":
             lm = _lm_head(canon, to=to)
             state.update({f"{base}.{k}": v for k, v in canon.backbone.items()})

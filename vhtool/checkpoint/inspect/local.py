@@ -153,7 +153,7 @@ def load_local_pickle(root: Path, info: SourceInfo, files: list[str]) -> Loaded:
         offset = 0
         for tname, t in load_pickle_file(path).items():
             if tname in locations:
-                raise CheckpointError(f"{root}: tensor {tname!r} is stored in both {locations[tname].file} and {name}.")
+                raise CheckpointError(f"{root}: tensor {tname!r} is in both {locations[tname].file} and {name}.")
             nbytes = t.numel() * t.element_size()
             dtype = _DTYPES.get(str(t.dtype).removeprefix("torch."), str(t.dtype).removeprefix("torch.").upper())
             ti = TensorInfo(tname, dtype, tuple(int(d) for d in t.shape), offset, offset + nbytes)
