@@ -456,3 +456,38 @@ def test_to_deepspeed_chat_pads_the_embedding_to_a_multiple_of_8(sources: dict[s
     original = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
     assert emb.shape[0] == 672 and torch.equal(emb[:666], original) and not emb[666:].any()
     F.deepspeed_chat_load(tmp_path / "ds")  # resizes to 672, then every key matches (strict)
+
+
+# --------------------------------------------------- the header-level path: readout-change line, --role, chains
+def test_header_path_says_when_the_readout_changes_and_honours_role(
+    sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    src = sources["openrlhf-legacy"]  # OpenRLHF -> vhtool renames the head in the headers (no torch)
+    res = CliRunner().invoke(app, ["convert", str(src), "--to", "vhtool", "-o", str(tmp_path / "vh")])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "vhtool reads a reward at rule last, openrlhf at eos: vhtool.json records eos" in flat, res.output
+    manifest = json.loads((tmp_path / "vh" / "vhtool.json").read_text())
+    assert manifest["conversion"]["readout"] == "eos"
+    assert vhtool_scores(tmp_path / "vh") == pytest.approx(expected["openrlhf-legacy"], abs=TOL)
+
+    # --role critic: OpenRLHF's critic reads per token (last), as vhtool does: recorded, and no change to report
+    res = convert_checkpoint(src, tmp_path / "vh-critic", to="vhtool", role="critic")
+    manifest = json.loads((tmp_path / "vh-critic" / "vhtool.json").read_text())
+    assert (manifest["role"], manifest["conversion"]["readout"]) == ("critic", "last")
+    assert not any("reads a" in n for n in res.notes), res.notes
+
+
+def test_a_chain_of_conversions_keeps_the_first_sources_number(
+    sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    """DeepSpeed-Chat -> seq-cls -> token-cls (header level) -> openrlhf (framework path): every step records
+    DeepSpeed-Chat's rule and role, so `score` keeps giving DeepSpeed-Chat's number."""
+    convert_checkpoint(sources["deepspeed-chat"], tmp_path / "a", to="seq-cls", allow_pickle=True)
+    res = convert_checkpoint(tmp_path / "a", tmp_path / "b", to="token-cls")
+    assert any("token-cls reads a reward at rule last, seq-cls at before-eos" in n for n in res.notes), res.notes
+    convert_checkpoint(tmp_path / "b", tmp_path / "c", to="openrlhf")
+    for step in ("a", "b", "c"):
+        manifest = json.loads((tmp_path / step / "vhtool.json").read_text())
+        assert (manifest["role"], manifest["conversion"]["readout"]) == ("reward", "before-eos"), step
+        assert vhtool_scores(tmp_path / step) == pytest.approx(expected["deepspeed-chat"], abs=TOL), step

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint
+from vhtool.checkpoint.manifest import Manifest
 from vhtool.choices import CONVENTIONS as CONVENTIONS
 from vhtool.errors import InputError
 
@@ -432,6 +433,33 @@ def readout_for(convention: str, role: str) -> str:
     """The readout rule of ``convention`` for a checkpoint of ``role`` (``reward`` or ``critic``)."""
     c = TABLE[convention]
     return c.readout if role == "reward" else c.critic_readout
+
+
+def carried(manifest: Manifest | None, role: str | None) -> tuple[str | None, str | None]:
+    """``(role, readout)`` a converted checkpoint's ``vhtool.json`` records, carried through the next conversion.
+
+    The recorded readout is the first source's rule (what ``score`` applies), so a chain of conversions keeps giving
+    that framework's number; it is carried unless ``role`` (``--role``) asks for another role than the recorded one.
+    """
+    if manifest is None:
+        return None, None
+    rec_role = manifest.role if manifest.role in ("reward", "critic") else None
+    conv = manifest.conversion
+    rule = conv.readout if conv is not None else None
+    if role is not None and role != rec_role:
+        return None, None
+    return rec_role, rule if rule in READOUT_RULES else None
+
+
+def readout_change_note(*, to: str, role: str, source: str, rule: str) -> str | None:
+    """The one line ``convert`` says when ``to``'s framework reads a ``role`` at another token than ``rule``."""
+    dst = readout_for(to, role) if to in TABLE else rule
+    if dst == rule:
+        return None
+    return (
+        f"{to} reads a {role} at rule {dst}, {source} at {rule}: vhtool.json records {rule} so `vhtool score` "
+        f"still gives {source}'s number; {TABLE[to].framework} itself will read {dst}"
+    )
 
 
 @dataclass(frozen=True)

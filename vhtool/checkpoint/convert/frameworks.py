@@ -19,10 +19,12 @@ from vhtool.checkpoint.conventions import (
     TABLE,
     VHEAD_WEIGHT,
     FrameworkDetected,
+    carried,
     config_normalization,
     detect_framework,
     head_width_problem,
     hydra_summary,
+    readout_change_note,
     readout_for,
     target_width_problem,
 )
@@ -140,8 +142,14 @@ def read_canon(
             "was trained from."
         )
     notes: list[str] = []
-    the_role = role or (fw.role if fw is not None else TABLE[conv].role)
+    from vhtool.checkpoint.layout import read_local_manifest
+
+    manifest = read_local_manifest(src)
+    rec_role, rec_rule = carried(manifest, role)
+    the_role = role or rec_role or (fw.role if fw is not None else TABLE[conv].role)
     normalization: dict[str, Any] = dict(fw.normalization) if fw is not None else config_normalization(config)
+    if not normalization and manifest is not None and manifest.normalization:
+        normalization = dict(manifest.normalization)  # a vhtool target keeps OpenRLHF's statistics there only
     head: dict[str, torch.Tensor] = {}
     mlp = False
     if fw is not None:
@@ -203,7 +211,7 @@ def read_canon(
         rows = int(backbone[emb].shape[0])
         config["vocab_size"] = rows
         notes.append(f"config.json says vocab_size {declared}, the embedding has {rows} rows: vocab_size set to {rows}")
-    readout = readout_for(conv, the_role)
+    readout = rec_rule or readout_for(conv, the_role)
     return Canon(
         convention=conv,
         role=the_role,
@@ -492,13 +500,9 @@ def write_target(
             f"{canon.normalization['std']:g}: vhtool.json records it (vhtool score applies it), "
             f"{TABLE[to].framework} will not"
         )
-    src_rule, dst_rule = canon.readout, readout_for(to, role) if to in TABLE else canon.readout
-    if src_rule != dst_rule:
-        notes.append(
-            f"{to} reads a {role} at rule {dst_rule}, {canon.convention} at {src_rule}: vhtool.json records "
-            f"{src_rule} so `vhtool score` still gives {canon.convention}'s number; {TABLE[to].framework} itself "
-            f"will read {dst_rule}"
-        )
+    change = readout_change_note(to=to, role=role, source=canon.convention, rule=canon.readout)
+    if change is not None:
+        notes.append(change)
     return Written(files=files, head=head, config=config, lost=lost, warnings=warnings, notes=notes)
 
 
