@@ -29,7 +29,7 @@ from vhtool.models.scoring.readout import Readout
 TOL = 1e-4
 
 
-def vhtool_scores(path: Path, ids: list[list[int]] | None = None, **options: Any) -> list[float]:
+def vhtool_scores(path: Path | str, ids: list[list[int]] | None = None, **options: Any) -> list[float]:
     scorer = Scorer(path, options=ScoreOptions(device="cpu", **options))
     assert scorer.readout is not None
     seqs = [scorer.readout.prepare(list(seq), limit=None) for seq in (F.IDS if ids is None else ids)]
@@ -438,7 +438,7 @@ def test_deepspeed_chat_vocab_fixed_for_transformers_targets(sources: dict[str, 
     want = [F.deepspeed_chat_reward(src, ids) for ids in F.IDS]  # DeepSpeed-Chat resizes before loading: fine there
     assert vhtool_scores(src, allow_pickle=True) == pytest.approx(want, abs=TOL)
     res = convert_checkpoint(src, tmp_path / "seq", to="seq-cls", allow_pickle=True)
-    assert any("vocab_size 663, the embedding has 664 rows" in n for n in res.notes), res.notes
+    assert any("vocab_size 663, the embedding has 664 rows: vocab_size set to it" in n for n in res.notes), res.notes
     assert json.loads((tmp_path / "seq" / "config.json").read_text())["vocab_size"] == 664
     _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seq", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -491,3 +491,19 @@ def test_a_chain_of_conversions_keeps_the_first_sources_number(
         manifest = json.loads((tmp_path / step / "vhtool.json").read_text())
         assert (manifest["role"], manifest["conversion"]["readout"]) == ("reward", "before-eos"), step
         assert vhtool_scores(tmp_path / step) == pytest.approx(expected["deepspeed-chat"], abs=TOL), step
+
+
+# ------------------------------------------------------------------------------------- a framework's Hub repo
+def test_score_a_framework_checkpoint_by_hub_id(
+    sources: dict[str, Path], expected: dict[str, Any], hub_server: Any
+) -> None:
+    """OpenRLHF (safetensors) and DeepSpeed-Chat (pickle, --allow-pickle) repos on the loopback Hub: the framework's
+    number, as from the local folder."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    for kind, repo in (("openrlhf", "user/openrlhf-rm"), ("deepspeed-chat", "user/ds-rm")):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(sources[kind]))
+        options = {"allow_pickle": True} if kind == "deepspeed-chat" else {}
+        assert vhtool_scores(repo, **options) == pytest.approx(expected[kind], abs=TOL), kind

@@ -210,7 +210,7 @@ def read_canon(
         # that lags it (the base model's, copied beside weights save_zero_three_model wrote) builds the wrong size
         rows = int(backbone[emb].shape[0])
         config["vocab_size"] = rows
-        notes.append(f"config.json says vocab_size {declared}, the embedding has {rows} rows: vocab_size set to {rows}")
+        notes.append(f"config.json says vocab_size {declared}, the embedding has {rows} rows: vocab_size set to it")
     readout = rec_rule or readout_for(conv, the_role)
     return Canon(
         convention=conv,
@@ -380,10 +380,10 @@ def write_target(
         lm = _lm_head(canon, to=to)
         state.update({f"base_model.{base}.{k}": v for k, v in canon.backbone.items()})
         if not lm:  # trlx's state_dict lists the tied LM head under its own name too (strict load needs it)
-            key = token_embedding_key(canon.backbone)
-            if key is None:
+            tied = token_embedding_key(canon.backbone)
+            if tied is None:
                 raise InputError("--to trlx: cannot find the token embedding the tied LM head is.")
-            lm = {"lm_head.weight": canon.backbone[key]}
+            lm = {"lm_head.weight": canon.backbone[tied]}
         state.update({f"base_model.{k}": v for k, v in lm.items()})
         state.update({f"v_head.{k}": v for k, v in head_t.items()})
         head = tuple(f"v_head.{k}" for k in head_t)
