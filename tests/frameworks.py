@@ -38,8 +38,34 @@ IDS = [
 ]
 
 
-def builtin(name: str) -> Path:
-    return resolve_source(f"builtin:{name}").path
+def builtin(name: str | Path) -> Path:
+    return name if isinstance(name, Path) else resolve_source(f"builtin:{name}").path
+
+
+def tiny_opt(out: Path, *, hidden_size: int = 32, word_embed_proj_dim: int = 24, seed: int = 0) -> Path:
+    """A tiny OPT causal LM (opt-350m's shape: ``word_embed_proj_dim`` != ``hidden_size``, so the decoder projects
+    its output back down, modeling_opt.py ``project_out``) with tiny-gpt2's tokenizer (OPT's is GPT-2's)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(builtin("tiny-gpt2"))
+    config = OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        word_embed_proj_dim=word_embed_proj_dim,
+        ffn_dim=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=1,
+        do_layer_norm_before=False,  # opt-350m's: post-LN, so no final layer norm before project_out
+        dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    OPTForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- OpenRLHF
@@ -158,7 +184,7 @@ class DSRewardModel(nn.Module):
         return torch.stack(scores)
 
 
-def save_deepspeed_chat(family: str, out: Path, *, seed: int = 0, legacy: bool = False) -> Path:
+def save_deepspeed_chat(family: str | Path, out: Path, *, seed: int = 0, legacy: bool = False) -> Path:
     """create_critic_model (model_utils.py:115-160) then save_hf_format: pytorch_model.bin + config.json."""
     src = builtin(family)
     tok = AutoTokenizer.from_pretrained(src)
@@ -184,6 +210,7 @@ def deepspeed_chat_load(path: Path) -> DSRewardModel:
     config = AutoConfig.from_pretrained(path)
     base = AutoModel.from_config(config)
     tok = AutoTokenizer.from_pretrained(path)
+    base.resize_token_embeddings(int(8 * math.ceil(len(tok) / 8.0)))  # create_hf_model, model_utils.py:107-112
     model = DSRewardModel(base, tok.eos_token_id)
     state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     state = {k.replace("rwtranrsformer.", "rwtransformer."): v for k, v in state.items()}
@@ -221,10 +248,41 @@ class TrlxValueModel(nn.Module):
         return self.v_head(out.hidden_states[-1]).squeeze(-1)
 
 
-def save_trlx(family: str, out: Path, *, seed: int = 0, head: dict[str, torch.Tensor] | None = None) -> Path:
+class ModelBranch(nn.Module):
+    """modeling_ppo.py ModelBranch.__init__: deep copies of the top ``num_layers_unfrozen`` decoder blocks, the final
+    norm and the LM head of the causal LM (GPT-2 here: ``transformer.h``, ``transformer.ln_f``, ``lm_head``)."""
+
+    def __init__(self, base_model: Any, num_layers_unfrozen: int) -> None:
+        super().__init__()
+        from copy import deepcopy
+
+        self.decoder_blocks = deepcopy(base_model.transformer.h[-num_layers_unfrozen:])
+        self.final_norm = deepcopy(base_model.transformer.ln_f)
+        self.lm_head = deepcopy(base_model.get_output_embeddings())
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+
+class TrlxHydraValueModel(TrlxValueModel):
+    """AutoModelForCausalLMWithHydraValueHead: the value model plus ``frozen_head`` (state_dict: ``frozen_head.*``)."""
+
+    def __init__(self, base_model: Any, num_layers_unfrozen: int) -> None:
+        super().__init__(base_model)
+        self.frozen_head = ModelBranch(base_model, num_layers_unfrozen)
+
+
+def save_trlx(
+    family: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    head: dict[str, torch.Tensor] | None = None,
+    hydra_layers: int = 0,
+) -> Path:
     src = builtin(family)
     torch.manual_seed(seed)
-    model = TrlxValueModel(AutoModelForCausalLM.from_pretrained(src))
+    base = AutoModelForCausalLM.from_pretrained(src)
+    model = TrlxHydraValueModel(base, hydra_layers) if hydra_layers else TrlxValueModel(base)
     if head is not None:
         model.v_head.load_state_dict(head)
     out.mkdir(parents=True)
@@ -235,10 +293,13 @@ def save_trlx(family: str, out: Path, *, seed: int = 0, head: dict[str, torch.Te
 
 
 def trlx_load(path: Path) -> TrlxValueModel:
-    """trlx's from_pretrained: the causal LM from config, then post_init's strict load_state_dict."""
+    """trlx's from_pretrained: the causal LM from config, then post_init's strict load_state_dict (the hydra class,
+    rebuilding ``frozen_head`` with as many blocks as the checkpoint has, when there are ``frozen_head.*`` keys)."""
     config = AutoConfig.from_pretrained(path)
-    model = TrlxValueModel(AutoModelForCausalLM.from_config(config))
     state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    blocks = {k.split(".")[2] for k in state if k.startswith("frozen_head.decoder_blocks.")}
+    base = AutoModelForCausalLM.from_config(config)
+    model = TrlxHydraValueModel(base, len(blocks)) if blocks else TrlxValueModel(base)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -29,10 +29,10 @@ from vhtool.models.scoring.readout import Readout
 TOL = 1e-4
 
 
-def vhtool_scores(path: Path, **options: Any) -> list[float]:
+def vhtool_scores(path: Path | str, ids: list[list[int]] | None = None, **options: Any) -> list[float]:
     scorer = Scorer(path, options=ScoreOptions(device="cpu", **options))
     assert scorer.readout is not None
-    seqs = [scorer.readout.prepare(list(ids), limit=None) for ids in F.IDS]
+    seqs = [scorer.readout.prepare(list(seq), limit=None) for seq in (F.IDS if ids is None else ids)]
     return [scorer.score_batch([s])[0][0] for s in seqs]
 
 
@@ -269,3 +269,241 @@ def test_score_cli_readout_and_pickle(sources: dict[str, Path], expected: dict[s
     assert res.exit_code == 0, res.output
     got = [json.loads(line)["score"] for line in res.stdout.splitlines() if line.startswith("{")]
     assert got == pytest.approx(expected["deepspeed-chat"], abs=TOL)
+
+
+# ------------------------------------------------------------------------ OPT's projection (DeepSpeed-Chat)
+#: OPT's tokenizer starts every text with ``</s>`` (its EOS, id 0 in the tiny tokenizer): DeepSpeed-Chat's
+#: ``num_padding_at_beginning=1``.
+OPT_IDS = [[0, *ids] for ids in F.IDS]
+
+
+@pytest.fixture(scope="module")
+def opt_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepSpeed-Chat reward model on an OPT whose ``word_embed_proj_dim`` (24) is not its ``hidden_size`` (32)."""
+    root = tmp_path_factory.mktemp("opt")
+    return F.save_deepspeed_chat(F.tiny_opt(root / "base"), root / "ds")
+
+
+def test_opt_projection_width_scores_and_converts(opt_ds: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    state = torch.load(opt_ds / "pytorch_model.bin", weights_only=True)
+    assert state["v_head.weight"].shape == (1, 24)  # word_embed_proj_dim, not hidden_size (reward_model.py:21-26)
+    want = [F.deepspeed_chat_reward(opt_ds, ids) for ids in OPT_IDS]
+    assert vhtool_scores(opt_ds, OPT_IDS, allow_pickle=True) == pytest.approx(want, abs=TOL)
+    for to in ("seq-cls", "vhtool", "deepspeed-chat"):
+        out = tmp_path / to
+        convert_checkpoint(opt_ds, out, to=to, allow_pickle=True)
+        assert vhtool_scores(out, OPT_IDS, allow_pickle=True) == pytest.approx(want, abs=TOL), to
+        back = tmp_path / f"{to}-back"
+        convert_checkpoint(out, back, to="deepspeed-chat", allow_pickle=True)
+        again = torch.load(back / "pytorch_model.bin", weights_only=True)
+        assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state), to
+        F.deepspeed_chat_load(back)  # strict
+    # transformers' OPTForSequenceClassification sizes its score by word_embed_proj_dim too: a strict load, and its
+    # per-token logits at DeepSpeed-Chat's token are DeepSpeed-Chat's reward
+    model, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seq-cls", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert model.score.weight.shape == (1, 24)
+    with torch.no_grad():
+        hidden = model.model(torch.tensor([OPT_IDS[0]])).last_hidden_state
+        logits = model.score(hidden)[0, :, 0]
+    eos_at = OPT_IDS[0].index(0, 1) if 0 in OPT_IDS[0][1:] else len(OPT_IDS[0])
+    assert float(logits[eos_at - 1]) == pytest.approx(want[0], abs=TOL)
+
+
+@pytest.mark.parametrize(
+    ("to", "needle"),
+    [
+        ("openrlhf", "sizes its head by the config's hidden_size (32), but this opt backbone outputs 24 wide"),
+        ("trlx", "sizes its head by the config's hidden_size (32), but this opt backbone outputs 24 wide"),
+        ("token-cls", "transformers has no OPTForTokenClassification"),
+    ],
+)
+def test_opt_projection_refused_where_the_target_cannot_hold_it(
+    opt_ds: Path, tmp_path: Path, to: str, needle: str
+) -> None:
+    out = tmp_path / "o"
+    _refused(["convert", str(opt_ds), "--to", to, "--allow-pickle", "-o", str(out)], out, opt_ds, needle)
+
+
+# ------------------------------------------------------------------------------ trlx's hydra (frozen_head.*)
+def test_trlx_hydra_branch_reported_kept_for_trlx_dropped_elsewhere(tmp_path: Path) -> None:
+    w, b = torch.randn(1, 64), torch.tensor([0.0])
+    src = F.save_trlx("tiny-gpt2", tmp_path / "hydra", head=linear_as_mlp(w, b), hydra_layers=1)
+    state = torch.load(src / "pytorch_model.bin", weights_only=True)
+    frozen = {k: v for k, v in state.items() if k.startswith("frozen_head.")}
+    assert "frozen_head.decoder_blocks.0.attn.c_attn.weight" in frozen and "frozen_head.lm_head.weight" in frozen
+    want = [F.trlx_value(src, ids) for ids in F.IDS]
+    assert vhtool_scores(src, allow_pickle=True) == pytest.approx(want, abs=TOL)  # the branch is not the value
+    det = detect_framework(set(state), json.loads((src / "config.json").read_text()))
+    assert det is not None and det.hydra and "hydra reference branch frozen_head.*" in det.describe()
+
+    kept = convert_checkpoint(src, tmp_path / "trlx", to="trlx", allow_pickle=True)
+    assert [n for n in kept.notes if "frozen_head" in n] == [
+        "kept trlx's hydra reference branch frozen_head.* "
+        f"({len(frozen)} tensors: 1 decoder block, final norm, LM head) unchanged, for trlx's "
+        "AutoModelForCausalLMWithHydraValueHead"
+    ]
+    again = torch.load(tmp_path / "trlx" / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(again[k], v) for k, v in frozen.items())
+    F.trlx_load(tmp_path / "trlx")  # the hydra class, strict
+    assert vhtool_scores(tmp_path / "trlx", allow_pickle=True) == pytest.approx(want, abs=TOL)
+
+    res = CliRunner().invoke(
+        app, ["convert", str(src), "--to", "vhtool", "--allow-pickle", "-o", str(tmp_path / "vh")]
+    )
+    assert res.exit_code == 0, res.output
+    dropped = [line for line in res.output.splitlines() if "frozen_head" in line]
+    assert len(dropped) == 1 and "dropped trlx's hydra reference branch" in dropped[0], res.output
+    assert not any(k.startswith("frozen_head.") for k in load_file(str(tmp_path / "vh" / "model.safetensors")))
+    assert vhtool_scores(tmp_path / "vh") == pytest.approx(want, abs=TOL)
+
+
+# --------------------------------------------------------------------- inspect-layers on pickle-only checkpoints
+def test_inspect_pickle_needs_allow_pickle(sources: dict[str, Path]) -> None:
+    src = sources["deepspeed-chat"]
+    before = tree_bytes(src)
+    res = CliRunner().invoke(app, ["inspect-layers", str(src)])
+    assert res.exit_code == 2, res.output
+    assert "--allow-pickle" in res.output and "Traceback" not in res.output and "group" not in res.output
+    res = CliRunner().invoke(app, ["inspect-layers", str(src), "--json"])  # --json: the error object, nothing else
+    assert res.exit_code == 2 and json.loads(res.stdout)["error"]["type"] == "InputError", res.output
+    assert "--allow-pickle" in json.loads(res.stdout)["error"]["message"]
+    assert tree_bytes(src) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "convention", "needle"),
+    [
+        ("deepspeed-chat", "deepspeed-chat", "deepspeed-chat reward"),
+        ("deepspeed-chat-legacy", "deepspeed-chat", "legacy spelling rwtranrsformer."),
+        ("trlx", "trlx", "trlx critic"),
+    ],
+)
+def test_inspect_pickle_names_convention_and_readout(
+    sources: dict[str, Path], kind: str, convention: str, needle: str
+) -> None:
+    res = CliRunner().invoke(
+        app, ["inspect-layers", str(sources[kind]), "--allow-pickle", "--json", "--require-value-head"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    vh = report["value_head"]
+    assert vh["found"] and vh["ok"] and vh["convention"] == convention, vh
+    rule = TABLE[convention].readout if convention != "trlx" else "last"
+    assert any(needle in n and f"readout {rule}" in n for n in vh["notes"]), vh["notes"]
+    assert {t["file"] for t in report["tensors"]} == {"pytorch_model.bin"}
+    assert not any(g["label"].startswith("v_head") for g in report["groups"])  # trlx's MLP is the head, not blocks
+
+
+def test_inspect_pickle_hydra_and_bare_state_dict(sources: dict[str, Path], tmp_path: Path) -> None:
+    hydra = F.save_trlx("tiny-gpt2", tmp_path / "hydra", hydra_layers=1)
+    res = CliRunner().invoke(app, ["inspect-layers", str(hydra), "--allow-pickle"])
+    assert res.exit_code == 0, res.output
+    assert "trlx's hydra reference branch frozen_head.* (15 tensors: 1 decoder block, final norm, LM head)" in (
+        " ".join(res.output.split())
+    )
+    bare = tmp_path / "rm"  # trlx's summarisation RM: transformer.* + v_head.weight, no config.json
+    bare.mkdir()
+    ds = torch.load(sources["deepspeed-chat"] / "pytorch_model.bin", weights_only=True)
+    torch.save({k.replace("rwtransformer.", "transformer."): v for k, v in ds.items()}, bare / "pytorch_model.bin")
+    res = CliRunner().invoke(app, ["inspect-layers", str(bare), "--allow-pickle", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["value_head"]["convention"] == "trlx-rm"
+    assert any("readout before-eos" in n for n in report["value_head"]["notes"])
+    assert any("--config-from" in n for n in report["notes"])
+
+
+def test_inspect_opt_projection_head_is_ok(opt_ds: Path) -> None:
+    res = CliRunner().invoke(app, ["inspect-layers", str(opt_ds), "--allow-pickle", "--json", "--require-value-head"])
+    assert res.exit_code == 0, res.output
+    vh = json.loads(res.stdout)["value_head"]
+    assert vh["heads"][0]["shape"] == [1, 24] and vh["hidden_size"] == 24 and vh["ok"], vh
+
+
+# ---------------------------------------------------------------- DeepSpeed-Chat's vocabulary (a multiple of 8)
+def test_deepspeed_chat_vocab_fixed_for_transformers_targets(sources: dict[str, Path], tmp_path: Path) -> None:
+    """A config that lags the resized embedding (the base model's config.json, 663, beside 664 rows, as when it is
+    copied next to the weights save_zero_three_model writes): converted targets load strictly in transformers."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    src = tmp_path / "ds"
+    src.mkdir()
+    for p in sources["deepspeed-chat"].iterdir():
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "config.json").write_bytes((F.builtin("tiny-gpt2") / "config.json").read_bytes())
+    assert torch.load(src / "pytorch_model.bin", weights_only=True)["rwtransformer.wte.weight"].shape[0] == 664
+    want = [F.deepspeed_chat_reward(src, ids) for ids in F.IDS]  # DeepSpeed-Chat resizes before loading: fine there
+    assert vhtool_scores(src, allow_pickle=True) == pytest.approx(want, abs=TOL)
+    res = convert_checkpoint(src, tmp_path / "seq", to="seq-cls", allow_pickle=True)
+    assert any("vocab_size 663, the embedding has 664 rows: vocab_size set to it" in n for n in res.notes), res.notes
+    assert json.loads((tmp_path / "seq" / "config.json").read_text())["vocab_size"] == 664
+    _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seq", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    _, info = AutoModel.from_pretrained(tmp_path / "seq", output_loading_info=True)  # the backbone: all but the head
+    assert not info["missing_keys"] and not info["mismatched_keys"] and info["unexpected_keys"] == {"score.weight"}
+    assert vhtool_scores(tmp_path / "seq") == pytest.approx(want, abs=TOL)
+
+
+def test_to_deepspeed_chat_pads_the_embedding_to_a_multiple_of_8(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sources["openrlhf"]  # tiny-llama: 666 tokens, which DeepSpeed-Chat's create_hf_model resizes to 672
+    res = convert_checkpoint(src, tmp_path / "ds", to="deepspeed-chat")
+    assert any("666 rows padded with zeros to 672" in n for n in res.notes), res.notes
+    state = torch.load(tmp_path / "ds" / "pytorch_model.bin", weights_only=True)
+    emb = state["rwtransformer.embed_tokens.weight"]
+    original = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
+    assert emb.shape[0] == 672 and torch.equal(emb[:666], original) and not emb[666:].any()
+    F.deepspeed_chat_load(tmp_path / "ds")  # resizes to 672, then every key matches (strict)
+
+
+# --------------------------------------------------- the header-level path: readout-change line, --role, chains
+def test_header_path_says_when_the_readout_changes_and_honours_role(
+    sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    src = sources["openrlhf-legacy"]  # OpenRLHF -> vhtool renames the head in the headers (no torch)
+    res = CliRunner().invoke(app, ["convert", str(src), "--to", "vhtool", "-o", str(tmp_path / "vh")])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "vhtool reads a reward at rule last, openrlhf at eos: vhtool.json records eos" in flat, res.output
+    manifest = json.loads((tmp_path / "vh" / "vhtool.json").read_text())
+    assert manifest["conversion"]["readout"] == "eos"
+    assert vhtool_scores(tmp_path / "vh") == pytest.approx(expected["openrlhf-legacy"], abs=TOL)
+
+    # --role critic: OpenRLHF's critic reads per token (last), as vhtool does: recorded, and no change to report
+    res = convert_checkpoint(src, tmp_path / "vh-critic", to="vhtool", role="critic")
+    manifest = json.loads((tmp_path / "vh-critic" / "vhtool.json").read_text())
+    assert (manifest["role"], manifest["conversion"]["readout"]) == ("critic", "last")
+    assert not any("reads a" in n for n in res.notes), res.notes
+
+
+def test_a_chain_of_conversions_keeps_the_first_sources_number(
+    sources: dict[str, Path], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    """DeepSpeed-Chat -> seq-cls -> token-cls (header level) -> openrlhf (framework path): every step records
+    DeepSpeed-Chat's rule and role, so `score` keeps giving DeepSpeed-Chat's number."""
+    convert_checkpoint(sources["deepspeed-chat"], tmp_path / "a", to="seq-cls", allow_pickle=True)
+    res = convert_checkpoint(tmp_path / "a", tmp_path / "b", to="token-cls")
+    assert any("token-cls reads a reward at rule last, seq-cls at before-eos" in n for n in res.notes), res.notes
+    convert_checkpoint(tmp_path / "b", tmp_path / "c", to="openrlhf")
+    for step in ("a", "b", "c"):
+        manifest = json.loads((tmp_path / step / "vhtool.json").read_text())
+        assert (manifest["role"], manifest["conversion"]["readout"]) == ("reward", "before-eos"), step
+        assert vhtool_scores(tmp_path / step) == pytest.approx(expected["deepspeed-chat"], abs=TOL), step
+
+
+# ------------------------------------------------------------------------------------- a framework's Hub repo
+def test_score_a_framework_checkpoint_by_hub_id(
+    sources: dict[str, Path], expected: dict[str, Any], hub_server: Any
+) -> None:
+    """OpenRLHF (safetensors) and DeepSpeed-Chat (pickle, --allow-pickle) repos on the loopback Hub: the framework's
+    number, as from the local folder."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    for kind, repo in (("openrlhf", "user/openrlhf-rm"), ("deepspeed-chat", "user/ds-rm")):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(sources[kind]))
+        options = {"allow_pickle": True} if kind == "deepspeed-chat" else {}
+        assert vhtool_scores(repo, **options) == pytest.approx(expected[kind], abs=TOL), kind

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint
+from vhtool.checkpoint.manifest import Manifest
 from vhtool.choices import CONVENTIONS as CONVENTIONS
 from vhtool.errors import InputError
 
@@ -209,6 +211,10 @@ class Convention:
         role: the role a checkpoint of this convention has by default (``reward`` or ``critic``).
         writable: ``convert --to`` writes it.
         source: where the framework's code says so.
+        head_width: what the framework sizes the head's input by: ``output``, the backbone's output width
+            (OPT's ``word_embed_proj_dim``, else ``hidden_size``), or ``hidden_size``, the config's
+            ``hidden_size``/``n_embd``/``d_model`` whatever the backbone outputs (OpenRLHF, trlx: on OPT with a
+            projection their own models cannot be built, so vhtool refuses to write them).
     """
 
     name: str
@@ -227,6 +233,7 @@ class Convention:
     role: str
     writable: bool
     source: str
+    head_width: str = "output"
 
 
 TABLE: dict[str, Convention] = {
@@ -322,6 +329,7 @@ TABLE: dict[str, Convention] = {
             True,
             "openrlhf/models/model.py:177-243 (reward), 245-330 (critic), 73-74 (value_head_prefix); "
             "openrlhf/datasets/reward_dataset.py:142-169 (EOS appended); openrlhf/trainer/rm_trainer.py:296 (mean)",
+            "hidden_size",  # nn.Linear(config.hidden_size, 1, bias=False), model.py:184
         ),
         Convention(
             "deepspeed-chat",
@@ -360,6 +368,7 @@ TABLE: dict[str, Convention] = {
             True,
             "trlx/models/modeling_ppo.py (make_value_branch, AutoModelForCausalLMWithValueHead.state_dict, "
             "AutoModelForCausalLMWithHydraValueHead: frozen_head.*); trlx/utils/modeling.py (make_head)",
+            "hidden_size",  # make_head(hf_get_hidden_size(config)): hidden_size, n_embd or d_model
         ),
         Convention(
             "trlx-rm",
@@ -401,6 +410,21 @@ TABLE: dict[str, Convention] = {
     )
 }
 
+#: trlx's hydra reference branch (``AutoModelForCausalLMWithHydraValueHead.state_dict``, modeling_ppo.py): a
+#: frozen copy of the reference's top ``num_layers_unfrozen`` blocks, final norm and LM head, saved beside the model.
+HYDRA_PREFIX = "frozen_head."
+
+
+def hydra_summary(names: Iterable[str]) -> str:
+    """``frozen_head.* (N tensors: K decoder blocks, final norm, LM head)`` for messages, from the tensor names."""
+    names = [n.removeprefix(HYDRA_PREFIX) for n in names]
+    blocks = {n.split(".")[1] for n in names if n.startswith("decoder_blocks.") and n.count(".") >= 2}
+    parts = [f"{len(blocks)} decoder block{'s' if len(blocks) != 1 else ''}"] if blocks else []
+    tails = (("final_norm.", "final norm"), ("lm_head.", "LM head"))
+    parts += [w for p, w in tails if any(n.startswith(p) for n in names)]
+    return f"{HYDRA_PREFIX}* ({len(names)} tensors" + (f": {', '.join(parts)})" if parts else ")")
+
+
 #: The head names of every convention, for grouping tensors (inspect-layers) and messages.
 TABLE_HEAD_NAMES = frozenset(n for c in TABLE.values() for n in (*c.head, *c.legacy_head))
 
@@ -409,6 +433,33 @@ def readout_for(convention: str, role: str) -> str:
     """The readout rule of ``convention`` for a checkpoint of ``role`` (``reward`` or ``critic``)."""
     c = TABLE[convention]
     return c.readout if role == "reward" else c.critic_readout
+
+
+def carried(manifest: Manifest | None, role: str | None) -> tuple[str | None, str | None]:
+    """``(role, readout)`` a converted checkpoint's ``vhtool.json`` records, carried through the next conversion.
+
+    The recorded readout is the first source's rule (what ``score`` applies), so a chain of conversions keeps giving
+    that framework's number; it is carried unless ``role`` (``--role``) asks for another role than the recorded one.
+    """
+    if manifest is None:
+        return None, None
+    rec_role = manifest.role if manifest.role in ("reward", "critic") else None
+    conv = manifest.conversion
+    rule = conv.readout if conv is not None else None
+    if role is not None and role != rec_role:
+        return None, None
+    return rec_role, rule if rule in READOUT_RULES else None
+
+
+def readout_change_note(*, to: str, role: str, source: str, rule: str) -> str | None:
+    """The one line ``convert`` says when ``to``'s framework reads a ``role`` at another token than ``rule``."""
+    dst = readout_for(to, role) if to in TABLE else rule
+    if dst == rule:
+        return None
+    return (
+        f"{to} reads a {role} at rule {dst}, {source} at {rule}: vhtool.json records {rule} so `vhtool score` "
+        f"still gives {source}'s number; {TABLE[to].framework} itself will read {dst}"
+    )
 
 
 @dataclass(frozen=True)
@@ -445,9 +496,10 @@ class FrameworkDetected:
             else "none"
         )
         legacy = f"; legacy spelling {', '.join(self.legacy)}" if self.legacy else ""
+        hydra = "; hydra reference branch frozen_head.* (not part of the value model)" if self.hydra else ""
         return (
             f"{self.convention.name} {self.role} ({self.convention.framework}): head {', '.join(self.head)}, "
-            f"readout {self.readout}, normalisation {norm}{legacy}"
+            f"readout {self.readout}, normalisation {norm}{legacy}{hydra}"
         )
 
 
@@ -505,7 +557,7 @@ def detect_framework(names: list[str] | set[str], config: dict[str, object] | No
             c.critic_readout,
             {},
             (),
-            hydra=any(k.startswith("frozen_head.") for k in keys),
+            hydra=any(k.startswith(HYDRA_PREFIX) for k in keys),
         )
     if "v_head.weight" in keys:
         for prefix in ("rwtransformer.", "rwtranrsformer."):
@@ -548,6 +600,33 @@ def detect_framework(names: list[str] | set[str], config: dict[str, object] | No
         base = _first_segment([k for k in keys if not k.startswith("score.")])
         return FrameworkDetected(c, ("score.weight", "score.bias"), f"{base}.", base, "critic", "last", {}, ())
     return None
+
+
+def declared_hidden_size(config: dict[str, object]) -> int | None:
+    """The config's ``hidden_size`` (or ``n_embd``/``d_model``), as trlx's ``hf_get_hidden_size`` finds it."""
+    for k in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(v := config.get(k), int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def target_width_problem(to: str, width: int, config: dict[str, object]) -> str | None:
+    """Why ``convert --to to`` cannot write a head of input ``width`` on this backbone, or ``None``.
+
+    Frameworks that size the head by ``hidden_size`` (:attr:`Convention.head_width`) build a head of the wrong
+    width on OPT with a projection (``word_embed_proj_dim`` != ``hidden_size``: the backbone's output is the
+    projection's width), so neither their loader nor their forward can take the head.
+    """
+    conv = TABLE.get(to)
+    declared = declared_hidden_size(config)
+    if conv is None or conv.head_width != "hidden_size" or declared is None or declared == width:
+        return None
+    return (
+        f"--to {to}: {conv.framework} sizes its head by the config's hidden_size ({declared}), but this "
+        f"{config.get('model_type', 'model')} backbone outputs {width} wide (word_embed_proj_dim, its output "
+        f"projection), so {to} cannot load or run it; convert --to seq-cls, deepspeed-chat or vhtool, which size "
+        "the head by the output width"
+    )
 
 
 def head_width_problem(width: int, config: dict[str, object]) -> str | None:

@@ -107,7 +107,6 @@ def load_state_dict(src: Path, *, allow_pickle: bool) -> tuple[dict[str, torch.T
         InputError: no weights, or pickle weights without ``allow_pickle``.
         CheckpointError: a file cannot be read, or a pickle holds something other than a state dict of tensors.
     """
-    import torch
     from safetensors.torch import load_file
 
     fmt, files = weight_files(src)
@@ -122,14 +121,25 @@ def load_state_dict(src: Path, *, allow_pickle: bool) -> tuple[dict[str, torch.T
             except Exception as exc:
                 raise CheckpointError(f"{path}: not readable as safetensors ({exc}).") from exc
             continue
-        try:
-            part = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot be read with weights_only=True ({exc}).") from exc
-        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-            raise CheckpointError(f"{path}: not a state dict of tensors.")
-        state.update({str(k): v for k, v in part.items()})
+        state.update(load_pickle_file(path))
     return state, fmt
+
+
+def load_pickle_file(path: Path) -> dict[str, torch.Tensor]:
+    """One ``pytorch_model.bin`` (or shard) through ``torch.load(weights_only=True)``: a state dict of tensors.
+
+    Raises:
+        CheckpointError: unreadable with the weights-only loader, or not a state dict of tensors.
+    """
+    import torch
+
+    try:
+        part = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read with weights_only=True ({exc}).") from exc
+    if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors.")
+    return {str(k): v for k, v in part.items()}
 
 
 def read_config(src: Path, *, config_from: Path | None = None) -> dict[str, object] | None:

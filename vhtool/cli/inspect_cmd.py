@@ -60,6 +60,16 @@ def inspect_command(
     hash_bytes: Annotated[
         bool, typer.Option("--hash", help="With --diff: also compare tensor bytes (reads the data, shard by shard).")
     ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help=(
+                "Read a pickle-only checkpoint (pytorch_model.bin: DeepSpeed-Chat, trlx) with torch's weights-only "
+                "loader (loads the tensors; everything else stays header-only)."
+            ),
+        ),
+    ] = False,
     revision: RevisionOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -88,7 +98,7 @@ def inspect_command(
             _print_diff(out, result)
         return
 
-    report = inspect_checkpoint(checkpoint, revision=revision, filter_glob=filter_glob)
+    report = inspect_checkpoint(checkpoint, revision=revision, filter_glob=filter_glob, allow_pickle=allow_pickle)
     if json_out:
         out.data(report.to_json())
     elif not quiet:
@@ -183,6 +193,9 @@ def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> Non
     vh = report.value_head
     status = "ok" if vh.ok else ("missing" if not vh.found else "PROBLEM: " + "; ".join(vh.problems))
     out.console.print(escape(f"Value head: {vh.summary()} [{status}]"))
+    for note in vh.notes:
+        if note.startswith(("convention ", "trlx's hydra")):  # the framework's convention, readout, normalisation
+            out.info(escape(note))
     if report.reward_adapter is not None:
         out.console.print(escape(f"Reward adapter: {report.reward_adapter.summary()}"))
     if report.reference is not None:

@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vhtool.checkpoint.conventions import (
+    HYDRA_PREFIX,
     LM_HEAD_PREFIXES,
     TABLE,
     VHEAD_WEIGHT,
     FrameworkDetected,
+    carried,
     config_normalization,
     detect_framework,
     head_width_problem,
+    hydra_summary,
+    readout_change_note,
     readout_for,
+    target_width_problem,
 )
 from vhtool.checkpoint.pickle_src import load_state_dict, read_config
 from vhtool.errors import InputError
@@ -31,6 +36,14 @@ if TYPE_CHECKING:
 
 #: Classifier head names (``conventions.KNOWN_HEADS``): with a bias a token classifier, without a sequence one.
 _CLASSIFIER_HEADS = ("score", "classifier", "value_head")
+
+#: How ``AutoModel`` names its token embedding (GPT-2, Llama/OPT/Mistral/Qwen, GPT-NeoX, Bloom).
+_TOKEN_EMBEDDINGS = ("wte.weight", "embed_tokens.weight", "embed_in.weight", "word_embeddings.weight")
+
+
+def token_embedding_key(backbone: Mapping[str, Any]) -> str | None:
+    """The backbone's token-embedding tensor (``AutoModel`` keys), or ``None`` when none is recognised."""
+    return next((k for k in sorted(backbone) if k.endswith(_TOKEN_EMBEDDINGS)), None)
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,9 @@ class Canon:
         mlp: the head is trlx's two-layer MLP.
         readout: the readout rule the source framework applies (see ``conventions.READOUT_RULES``).
         normalization: ``{"normalize_reward": True, "mean", "std"}`` when the source normalises, else empty.
-        notes: what was found on the way (legacy spellings, dropped reference branches), for messages.
+        notes: what was found on the way (legacy spellings), for messages.
+        frozen_head: trlx's hydra reference branch (``frozen_head.*``, keys without the prefix): a frozen copy of
+            the reference model's top layers, not part of the value model; only ``--to trlx`` has a place for it.
     """
 
     convention: str
@@ -63,6 +78,7 @@ class Canon:
     readout: str
     normalization: dict[str, Any]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    frozen_head: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def family_base_prefix(config: Mapping[str, Any]) -> str:
@@ -126,15 +142,19 @@ def read_canon(
             "was trained from."
         )
     notes: list[str] = []
-    the_role = role or (fw.role if fw is not None else TABLE[conv].role)
+    from vhtool.checkpoint.layout import read_local_manifest
+
+    manifest = read_local_manifest(src)
+    rec_role, rec_rule = carried(manifest, role)
+    the_role = role or rec_role or (fw.role if fw is not None else TABLE[conv].role)
     normalization: dict[str, Any] = dict(fw.normalization) if fw is not None else config_normalization(config)
+    if not normalization and manifest is not None and manifest.normalization:
+        normalization = dict(manifest.normalization)  # a vhtool target keeps OpenRLHF's statistics there only
     head: dict[str, torch.Tensor] = {}
     mlp = False
     if fw is not None:
         if fw.legacy:
             notes.append(f"legacy spelling {', '.join(fw.legacy)} ({fw.convention.framework}) read")
-        if fw.hydra:
-            notes.append("trlx's frozen_head.* (the hydra reference branch) is not part of the value model; dropped")
         prefix = fw.backbone_prefix
         if conv == "trlx":
             mlp = True
@@ -156,9 +176,13 @@ def read_canon(
         lm_prefix = ""
     backbone: dict[str, torch.Tensor] = {}
     lm_head: dict[str, torch.Tensor] = {}
+    frozen_head: dict[str, torch.Tensor] = {}
     stray: list[str] = []
     for k, t in state.items():
-        if k in head_keys or k.startswith("frozen_head."):
+        if k in head_keys:
+            continue
+        if conv == "trlx" and k.startswith(HYDRA_PREFIX):
+            frozen_head[k[len(HYDRA_PREFIX) :]] = t
             continue
         if k.startswith(prefix):
             backbone[k[len(prefix) :]] = t
@@ -178,11 +202,20 @@ def read_canon(
     problem = head_width_problem(width, config)
     if problem is not None:
         raise InputError(f"{src}: {problem}.")
-    readout = readout_for(conv, the_role)
+    config = dict(config)
+    emb = token_embedding_key(backbone)
+    declared = config.get("vocab_size")
+    if emb is not None and isinstance(declared, int) and declared != int(backbone[emb].shape[0]):
+        # DeepSpeed-Chat resizes the embedding to a multiple of 8 after building the model from its config; a config
+        # that lags it (the base model's, copied beside weights save_zero_three_model wrote) builds the wrong size
+        rows = int(backbone[emb].shape[0])
+        config["vocab_size"] = rows
+        notes.append(f"config.json says vocab_size {declared}, the embedding has {rows} rows: vocab_size set to it")
+    readout = rec_rule or readout_for(conv, the_role)
     return Canon(
         convention=conv,
         role=the_role,
-        config=dict(config),
+        config=config,
         base=base,
         backbone=backbone,
         lm_head=lm_head,
@@ -191,6 +224,7 @@ def read_canon(
         readout=readout,
         normalization=normalization,
         notes=tuple(notes),
+        frozen_head=frozen_head,
     )
 
 
@@ -330,6 +364,10 @@ def write_target(
     lost: list[str] = []
     warnings: list[str] = []
     notes: list[str] = []
+    width = int(canon.head["0.weight" if canon.mlp else "weight"].shape[-1])
+    problem = target_width_problem(to, width, canon.config)
+    if problem is not None:
+        raise InputError(f"{problem}.")
     config = dict(canon.config)
     for key in ("normalize_reward", "mean", "std", "value_head_prefix", "end_token_id", "auto_map"):
         config.pop(key, None)
@@ -342,8 +380,10 @@ def write_target(
         lm = _lm_head(canon, to=to)
         state.update({f"base_model.{base}.{k}": v for k, v in canon.backbone.items()})
         if not lm:  # trlx's state_dict lists the tied LM head under its own name too (strict load needs it)
-            emb = next(v for k, v in canon.backbone.items() if k.endswith(("wte.weight", "embed_tokens.weight")))
-            lm = {"lm_head.weight": emb}
+            tied = token_embedding_key(canon.backbone)
+            if tied is None:
+                raise InputError("--to trlx: cannot find the token embedding the tied LM head is.")
+            lm = {"lm_head.weight": canon.backbone[tied]}
         state.update({f"base_model.{k}": v for k, v in lm.items()})
         state.update({f"v_head.{k}": v for k, v in head_t.items()})
         head = tuple(f"v_head.{k}" for k in head_t)
@@ -375,7 +415,21 @@ def write_target(
             for key in ("id2label", "label2id", "num_labels"):
                 config.pop(key, None)
         elif to == "deepspeed-chat":
-            state.update({f"rwtransformer.{k}": v for k, v in canon.backbone.items()})
+            backbone = dict(canon.backbone)
+            emb = token_embedding_key(backbone)
+            rows = int(backbone[emb].shape[0]) if emb is not None else 0
+            if emb is not None and rows % 8:
+                # create_hf_model resizes the embedding to 8 * ceil(len(tokenizer) / 8) before loading, and its loader
+                # drops a tensor of another shape silently (random embeddings): write it at that size already
+                padded = 8 * -(-rows // 8)
+                t = backbone[emb]
+                backbone[emb] = torch.cat([t, t.new_zeros(padded - rows, *t.shape[1:])])
+                config["vocab_size"] = padded
+                notes.append(
+                    f"the embedding's {rows} rows padded with zeros to {padded}, the multiple of 8 DeepSpeed-Chat "
+                    f"resizes it to (for a tokenizer of {rows} tokens); no token id below {rows} changes"
+                )
+            state.update({f"rwtransformer.{k}": v for k, v in backbone.items()})
             state["v_head.weight"] = w
             head = ("v_head.weight",)
             config["architectures"] = _causal_arch(canon.config)
@@ -384,12 +438,6 @@ def write_target(
             config["pad_token_id"] = eos  # model_utils.py:111
             for key in ("id2label", "label2id", "num_labels"):
                 config.pop(key, None)
-            rows = next((int(v.shape[0]) for k, v in canon.backbone.items() if k.endswith("embed_tokens.weight")), 0)
-            if rows % 8:
-                notes.append(
-                    f"the embedding has {rows} rows; DeepSpeed-Chat resizes it to a multiple of 8 of the tokenizer's "
-                    "length before loading, so keep the tokenizer that matches"
-                )
         elif to == "vhtool":
             lm = _lm_head(canon, to=to)
             state.update({f"{base}.{k}": v for k, v in canon.backbone.items()})
@@ -409,11 +457,28 @@ def write_target(
             arch = target_architecture(dict(canon.config), to)
             if arch is None:
                 raise InputError(f"cannot name the {to} class of model_type {canon.config.get('model_type')!r}.")
+            import transformers
+
+            if not hasattr(transformers, arch):  # OPT has no ...ForTokenClassification, for one
+                raise InputError(
+                    f"--to {to}: transformers has no {arch}, so nothing could load the result; "
+                    f"convert --to {'seq-cls' if to == 'token-cls' else 'token-cls'} or vhtool instead."
+                )
             config["architectures"] = [arch]
             config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
             config.pop("num_labels", None)
             if canon.normalization.get("normalize_reward"):  # kept for OpenRLHF, which reads it from config.json
                 config.update({k: canon.normalization[k] for k in ("normalize_reward", "mean", "std")})
+    if canon.frozen_head:
+        what = f"trlx's hydra reference branch {hydra_summary(canon.frozen_head)}"
+        if to == "trlx":
+            state.update({f"{HYDRA_PREFIX}{k}": v for k, v in canon.frozen_head.items()})
+            notes.append(f"kept {what} unchanged, for trlx's AutoModelForCausalLMWithHydraValueHead")
+        else:
+            notes.append(
+                f"dropped {what}: a frozen copy of the reference's top layers, not part of the value model; "
+                f"{to} has no place for it (--to trlx keeps it)"
+            )
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     if to in ("deepspeed-chat", "trlx"):
         from vhtool.checkpoint.catalogue import PICKLE_FILE
@@ -435,13 +500,9 @@ def write_target(
             f"{canon.normalization['std']:g}: vhtool.json records it (vhtool score applies it), "
             f"{TABLE[to].framework} will not"
         )
-    src_rule, dst_rule = canon.readout, readout_for(to, role) if to in TABLE else canon.readout
-    if src_rule != dst_rule:
-        notes.append(
-            f"{to} reads a {role} at rule {dst_rule}, {canon.convention} at {src_rule}: vhtool.json records "
-            f"{src_rule} so `vhtool score` still gives {canon.convention}'s number; {TABLE[to].framework} itself "
-            f"will read {dst_rule}"
-        )
+    change = readout_change_note(to=to, role=role, source=canon.convention, rule=canon.readout)
+    if change is not None:
+        notes.append(change)
     return Written(files=files, head=head, config=config, lost=lost, warnings=warnings, notes=notes)
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 from vhtool.checkpoint.atomic import atomic_output_dir
 from vhtool.checkpoint.catalogue import CONFIG_FILE
-from vhtool.checkpoint.conventions import TABLE, detect_convention, detect_framework, readout_for
+from vhtool.checkpoint.conventions import (
+    TABLE,
+    carried,
+    detect_convention,
+    detect_framework,
+    readout_change_note,
+    readout_for,
+)
 from vhtool.checkpoint.convert.adopt import adopt_checkpoint
 from vhtool.checkpoint.convert.frameworks import convert_framework, needs_framework_path
 from vhtool.checkpoint.convert.naming import CLASSIFIER_TARGETS, HEAD_NAMES, TARGETS
@@ -186,6 +193,10 @@ def convert_checkpoint(
     with atomic_output_dir(out, force=force, durable=durable, inputs=[src]) as tmp:
         copy_aux_files(ckpt.path, tmp)
         (tmp / CONFIG_FILE).write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        name, the_role, rule = _source_role_readout(ckpt, det.convention, role)
+        change = readout_change_note(to=to, role=the_role, source=name, rule=rule)
+        if change is not None:
+            plan.notes.append(change)
         records, weight_map, head_file = write_weights(
             ckpt,
             tmp,
@@ -262,7 +273,7 @@ def _manifest(
     )
     return Manifest.new(
         # a classifier with one output computing the value is a critic (what PPO trainers load as value_model)
-        role=role or ("critic" if to in CLASSIFIER_TARGETS else "policy"),
+        role=role or carried(src_manifest, None)[0] or ("critic" if to in CLASSIFIER_TARGETS else "policy"),
         architecture="seq2seq" if ckpt.is_encoder_decoder else "causal",
         source=SourceInfo(
             model=str(ckpt.path.resolve()),
@@ -286,11 +297,19 @@ def _manifest(
     )
 
 
-def _source_readout(ckpt: Checkpoint, convention: str, role: str | None) -> str:
-    """The readout rule of the source: its framework's (OpenRLHF, verl) when it is one, else its convention's."""
+def _source_role_readout(ckpt: Checkpoint, convention: str, role: str | None) -> tuple[str, str, str]:
+    """The source's convention name (its framework's, when it is one), role and readout rule: ``--role``, else what
+    its ``vhtool.json`` carries from an earlier conversion, else its framework's (OpenRLHF, verl), else its
+    convention's."""
+    rec_role, rec_rule = carried(ckpt.manifest, role)
     fw = detect_framework(set(ckpt.tensors), ckpt.config)
     name = fw.convention.name if fw is not None else convention
-    return readout_for(name, role or (fw.role if fw is not None else TABLE[name].role))
+    the_role = role or rec_role or (fw.role if fw is not None else TABLE[name].role)
+    return name, the_role, rec_rule or readout_for(name, the_role)
+
+
+def _source_readout(ckpt: Checkpoint, convention: str, role: str | None) -> str:
+    return _source_role_readout(ckpt, convention, role)[2]
 
 
 __all__ = ["ConvertResult", "convert_checkpoint"]

@@ -51,6 +51,7 @@ def inspect_checkpoint(
     revision: str | None = None,
     filter_glob: str | None = None,
     token: str | bool | None = None,
+    allow_pickle: bool = False,
 ) -> InspectResult:
     """Describes a checkpoint from its headers: grouped tensors, totals, value head, reward adapter, sharing.
 
@@ -61,13 +62,15 @@ def inspect_checkpoint(
         filter_glob: keep only tensors whose name matches this ``fnmatch`` pattern (groups and totals
             are computed over those); the value-head and adapter reports always see every tensor.
         token: Hub token (default: the usual Hugging Face sources).
+        allow_pickle: read a local pickle-only checkpoint (``pytorch_model.bin``) with torch's weights-only loader
+            (the one path that imports torch); without it such a folder is refused with a message naming the flag.
 
     Raises:
         InputError: not a checkpoint, a missing path, an invalid Hub id or revision.
         CheckpointError: a malformed header, index or JSON file.
         HubUnavailableError: a Hub id that cannot be reached (offline and not cached, no such repo).
     """
-    loaded = load(str(source), revision=revision, token=token)
+    loaded = load(str(source), revision=revision, token=token, allow_pickle=allow_pickle)
     return describe(loaded, filter_glob=filter_glob)
 
 

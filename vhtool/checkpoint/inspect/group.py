@@ -7,17 +7,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vhtool.checkpoint.blocks import is_embedding_name
-from vhtool.checkpoint.conventions import KNOWN_HEADS
+from vhtool.checkpoint.conventions import KNOWN_HEADS, TABLE_HEAD_NAMES
 from vhtool.checkpoint.inspect.model import PART_ADAPTER, PART_SIDECAR, GroupRow, Tensor, TensorRow
 from vhtool.checkpoint.manifest import Manifest
 from vhtool.errors import InputError
 
 _BLOCK_RE = re.compile(r"\.(\d+)(?=\.|$)")
 _NORM_RE = re.compile(r"(^|\.)(norm|ln_f|final_layer_norm|final_layernorm|layer_norm|layernorm)\.")
-_LM_HEAD_RE = re.compile(r"^(lm_head|embed_out|final_logits_bias)(\.|$)")
+#: ``base_model.`` is trlx's wrapper prefix (its state dict keeps the causal LM's head under it).
+_LM_HEAD_RE = re.compile(r"^(base_model\.)?(lm_head|embed_out|final_logits_bias)(\.|$)")
 LORA_RE = re.compile(r"(^|\.)lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")
 SCORE_RE = re.compile(r"(^|\.)(score|classifier)(\.modules_to_save(\.[^.]+)?)?\.(weight|bias)$")
-VALUE_HEAD_NAMES = frozenset(n for pair in KNOWN_HEADS.values() for n in pair if n)
+#: Every convention's head (the frameworks' too: trlx's ``v_head.0.*`` must not read as a block container).
+VALUE_HEAD_NAMES = frozenset(n for pair in KNOWN_HEADS.values() for n in pair if n) | TABLE_HEAD_NAMES
 
 
 def natural_key(name: str) -> list[Any]:

@@ -15,7 +15,14 @@ from vhtool.checkpoint.inspect.model import (
     SourceInfo,
     Tensor,
 )
-from vhtool.checkpoint.layout import SIDECAR_FILE, Checkpoint, open_checkpoint, read_json_object, safe_member
+from vhtool.checkpoint.layout import (
+    SIDECAR_FILE,
+    Checkpoint,
+    TensorLocation,
+    open_checkpoint,
+    read_json_object,
+    safe_member,
+)
 from vhtool.checkpoint.names import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, DEFAULT_ADAPTER_SUBFOLDER
 from vhtool.checkpoint.safetensors_io import TensorInfo, read_header
 from vhtool.errors import CheckpointError
@@ -108,3 +115,58 @@ def local_adapter(ckpt: Checkpoint) -> tuple[AdapterReport | None, list[Tensor]]
                     )
                 )
     return adapter_report(name, sub, recorded, cfg, infos, problems, ckpt.config), tensors
+
+
+#: torch dtype names -> the safetensors dtype strings the report uses.
+_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def load_local_pickle(root: Path, info: SourceInfo, files: list[str]) -> Loaded:
+    """A pickle-only checkpoint (DeepSpeed-Chat, trlx), read with torch's weights-only loader (``--allow-pickle``).
+
+    The only inspection path that imports torch (the pickle must be loaded whole to learn its names and shapes);
+    a folder without ``config.json`` (trlx's summarisation RM) is described from its tensors alone.
+    """
+    from vhtool.checkpoint.catalogue import CONFIG_FILE
+    from vhtool.checkpoint.layout import read_local_manifest
+    from vhtool.checkpoint.pickle_src import load_pickle_file, read_config
+
+    config = read_config(root)
+    notes = [f"read {', '.join(files)} with torch's weights-only loader (--allow-pickle)"]
+    if config is None:
+        notes.append(f"no {CONFIG_FILE}: a bare state dict; convert it with --config-from MODEL")
+    locations: dict[str, TensorLocation] = {}
+    tensors: list[Tensor] = []
+    for name in files:
+        path = safe_member(root, name, "the pickle index")
+        offset = 0
+        for tname, t in load_pickle_file(path).items():
+            if tname in locations:
+                raise CheckpointError(f"{root}: tensor {tname!r} is in both {locations[tname].file} and {name}.")
+            nbytes = t.numel() * t.element_size()
+            dtype = _DTYPES.get(str(t.dtype).removeprefix("torch."), str(t.dtype).removeprefix("torch.").upper())
+            ti = TensorInfo(tname, dtype, tuple(int(d) for d in t.shape), offset, offset + nbytes)
+            offset += nbytes
+            locations[tname] = TensorLocation(file=name, info=ti)
+            tensors.append(Tensor(tname, tname, ti, name, PART_MODEL, abs_path=path, abs_offset=ti.begin))
+    ckpt = Checkpoint(
+        path=root,
+        config=dict(config or {}),
+        weight_files=list(files),
+        headers={},
+        tensors=locations,
+        manifest=read_local_manifest(root),
+    )
+    layout = "sharded" if len(files) > 1 else "single-file"
+    return Loaded(source=info, ckpt=ckpt, layout=f"{layout}, pickle", tensors=tensors, adapter=None, notes=notes)

@@ -112,7 +112,7 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
 
     from vhtool.models.scoring.frameworks import build_model, framework_checkpoint
 
-    canon = framework_checkpoint(resolved.local_dir, allow_pickle=options.allow_pickle)
+    canon = framework_checkpoint(_framework_dir(resolved, options), allow_pickle=options.allow_pickle)
     classifier = "token-cls" if canon is not None else classifier_kind(config, checkpoint)
     if canon is not None and options.device_map is not None:
         raise InputError(
@@ -180,6 +180,28 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
         readout_pad_id=readout_pad_id if isinstance(readout_pad_id, int) else None,
         readout=readout,
     )
+
+
+def _framework_dir(resolved: Any, options: ScoreOptions) -> Any:
+    """The local folder to look for a framework's checkpoint in: the resolved one, or a Hub id's snapshot.
+
+    A Hub id the Hub answers for is loaded by transformers from its id; a framework's checkpoint (OpenRLHF, verl,
+    DeepSpeed-Chat, trlx) is read from files instead, so its checkpoint files are fetched into the cache first
+    (exactly what :func:`~vhtool.hub.source.hub_snapshot` names: config, tokenizer, weights; the pickles only with
+    ``--allow-pickle``). transformers then finds the same files in the cache when it is not one.
+    """
+    if resolved.local_dir is not None or resolved.repo_id is None:
+        return resolved.local_dir
+    from vhtool.hub.source import hub_snapshot
+
+    snap = hub_snapshot(
+        resolved.repo_id,
+        revision=resolved.revision,
+        allow_pickle=options.allow_pickle,
+        token=resolved.token,
+        cache_dir=resolved.cache_dir,
+    )
+    return snap.path
 
 
 def _readout(
