@@ -166,11 +166,11 @@ def test_deepspeed_chat_is_read_with_allow_pickle_and_gives_its_reward(tmp_path:
     path = F.save_deepspeed_chat("tiny-gpt2", tmp_path / "ds")
     records = [r for r in RECORDS if "prompt" not in r]
     src = write_jsonl(tmp_path / "pairs.jsonl", records)
-    # without --allow-pickle the .bin is not read: evaluate fails as score does (its backbone is missing)
+    # without --allow-pickle the .bin is not read: evaluate refuses as score does, naming the flag (exit 2)
     res = invoke("evaluate", path, "-i", src, "-o", tmp_path / "out.jsonl")
     ref = invoke("score", path, "--text", "hello")
-    assert res.exit_code == ref.exit_code == 1 and "Traceback" not in res.stderr
-    assert "missing from the checkpoint" in res.stderr and res.stderr.strip() == ref.stderr.strip()
+    assert res.exit_code == ref.exit_code == 2 and "Traceback" not in res.stderr
+    assert "--allow-pickle" in res.stderr and res.stderr.strip() == ref.stderr.strip()
     assert not (tmp_path / "out.jsonl").exists()
     tok = AutoTokenizer.from_pretrained(path)
     expect = [F.deepspeed_chat_reward(path, tok(t)["input_ids"]) for r in records for t in answers_of(r)]

@@ -586,3 +586,25 @@ def test_a_json_array_line_is_never_scored_as_text(ckpts: dict[str, Path], tmp_p
     plain.write_text("42\nhello\n")  # JSON scalars are text lines
     res = run(ckpts["gpt2"], "-i", plain, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["count"] == 2
+
+
+def test_pickle_weights_are_read_only_with_allow_pickle(initialised: Callable[..., Path], tmp_path: Path) -> None:
+    """transformers would unpickle a pytorch_model.bin (weights-only) without asking; vhtool asks for the flag."""
+    from safetensors.torch import load_file
+
+    src = initialised("gpt2")
+    pick = tmp_path / "pickled"
+    pick.mkdir()
+    shutil.copy(src / "config.json", pick / "config.json")
+    torch.save(load_file(str(src / "model.safetensors")), pick / "pytorch_model.bin")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir())
+    runner = CliRunner()
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text('{"input_ids": [1, 2, 3]}\n')
+    res = runner.invoke(app, ["score", str(pick), "-i", str(ids), "--allow-missing"])
+    assert res.exit_code == 2 and "--allow-pickle" in res.stderr, res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["score", str(pick), "-i", str(ids), "--allow-pickle", "--head", "value"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[0])["tokens"] == 3
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in pick.iterdir()) == before  # the input is untouched

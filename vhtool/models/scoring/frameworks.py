@@ -15,7 +15,7 @@ from typing import Any
 
 from vhtool.checkpoint.conventions import detect_framework
 from vhtool.checkpoint.convert.frameworks import Canon, read_canon
-from vhtool.checkpoint.pickle_src import load_state_dict, read_config, weight_files
+from vhtool.checkpoint.pickle_src import load_state_dict, pickle_refusal, read_config, weight_files
 from vhtool.errors import CheckpointError, InputError
 
 
@@ -32,7 +32,8 @@ def framework_checkpoint(local_dir: Path | None, *, allow_pickle: bool) -> Canon
     except InputError:
         return None
     if fmt == "pickle" and not allow_pickle:
-        return None  # the value-head loader refuses pickles with its own message
+        # transformers itself would load the pickle (weights-only): vhtool reads a pickle only when asked
+        raise pickle_refusal(local_dir)
     config = read_config(local_dir)
     if fmt == "safetensors":
         from safetensors import safe_open

@@ -378,7 +378,9 @@ def _load_model(checkpoint: str, options: ScoreOptions, dtype: Any) -> tuple[Any
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = AutoModelForCausalLMWithValueHead.from_pretrained(checkpoint, **load_kwargs)
+            model = AutoModelForCausalLMWithValueHead.from_pretrained(
+                checkpoint, allow_pickle=options.allow_pickle, **load_kwargs
+            )
         except (ValueError, ImportError, RuntimeError, OSError) as exc:
             # under --device-map, accelerate reports a device or folder it cannot use this way
             if options.device_map is None or isinstance(exc, (VhtoolError, torch.OutOfMemoryError)):
