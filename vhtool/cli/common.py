@@ -104,13 +104,125 @@ class VhtoolCommand(typer.core.TyperCommand):
                 # the metavar says what it is (MODEL, CHECKPOINT); the type name (<str>) says nothing more
                 args.append((str(getattr(param, "display_name_raw", record[0])), record[1]))
             elif param.param_type_name == "option":
-                opts.append(record)
+                opts.append(_fit_choices(record, formatter.width))
         if args:
             with formatter.section("Arguments"):
                 formatter.write_dl(args)
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
+
+
+#: Options of the root command accepted after the subcommand too (``vhtool score ... --debug``).
+ROOT_FLAGS = ("--debug",)
+#: Options every command has, accepted before the subcommand too (``vhtool --json score ...``).
+COMMAND_FLAGS = ("--json", "--quiet", "-q")
+
+
+def hoist_global_options(args: Sequence[str], commands: Iterable[str]) -> list[str]:
+    """``args`` with the global flags moved to the side of the subcommand that declares them.
+
+    ``--debug`` belongs to the root, ``--json``/``--quiet`` to each command; a user writes either anywhere.
+    Only flags (no values) move, and nothing after a ``--`` does.
+    """
+    names = set(commands)
+    args = list(args)
+    at = next((i for i, a in enumerate(args) if a in names), None)
+    if at is None:
+        return args
+    before, command, after = args[:at], args[at], args[at + 1 :]
+    end = after.index("--") if "--" in after else len(after)
+    hoisted = [a for a in after[:end] if a in ROOT_FLAGS]
+    lowered = [a for a in before if a in COMMAND_FLAGS]
+    before = [a for a in before if a not in COMMAND_FLAGS] + hoisted
+    after = lowered + [a for a in after[:end] if a not in ROOT_FLAGS] + after[end:]
+    return [*before, command, *after]
+
+
+class VhtoolGroup(typer.core.TyperGroup):
+    """The root command: global flags in either position, and usage errors in one line that names the fix."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rest: list[str] = super().parse_args(ctx, hoist_global_options(args, self.commands))
+        return rest
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        argv = list(args[0]) if args and args[0] is not None else sys.argv[1:]
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            sys.stderr.write("Aborted.\n")
+            sys.exit(1)
+        except Exception as exc:  # the parser's usage errors (typer vendors click; we never import it)
+            exit_code = getattr(exc, "exit_code", None)
+            if not callable(getattr(exc, "show", None)) or not isinstance(exit_code, int):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vhtool`/`vhtool score`: the help, as asked
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(exit_code)
+            message = usage_message(exc)
+            if "--json" in argv:
+                write_json(error_doc(message, code=exit_code, kind="UsageError"))
+            sys.stderr.write(f"Error: {message}\n")
+            sys.exit(exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(exc: Any) -> str:
+    """A parser error in one line that names the fix: the close choice, ``-i FILE``, then where help is."""
+    fmt = getattr(exc, "format_message", None)
+    message = " ".join(str(fmt() if callable(fmt) else exc).split()).replace("Value error, ", "")
+    ctx = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    choice = _choice_message(param, message)
+    if choice is not None:
+        message = choice
+    extra = re.fullmatch(r"Got unexpected extra argument(?:\(s\)|s)? \((.*)\)", message)
+    if extra is not None:
+        words = extra.group(1).split()
+        takes_input = ctx is not None and any("--input" in getattr(p, "opts", ()) for p in ctx.command.params)
+        message = f"unexpected extra argument{'s' if len(words) > 1 else ''}: {' '.join(words)}"
+        if takes_input and len(words) == 1:
+            message += f"; to read a file give -i {words[0]}"
+    if ctx is None or not hasattr(exc, "ctx"):
+        return message
+    end = "" if message.endswith((".", "?")) else "."
+    return f"{message}{end} See '{ctx.command_path} --help'."
+
+
+def _choice_message(param: Any, message: str) -> str | None:
+    """``'norml' is not a choice for --v-head-init; did you mean 'normal'?`` for a choice option's bad value."""
+    import difflib
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    enums = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, enum.Enum)]
+    found = re.search(r"(?:'([^']*)'|\"([^\"]*)\") is not one of ", message)
+    if not enums or found is None:
+        return None
+    value = found.group(1) if found.group(1) is not None else found.group(2)
+    allowed = [str(m.value) for m in enums[0]]
+    option = max(getattr(param, "opts", None) or [str(param.name)], key=len)
+    close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(allowed)}."
+    return f"{value!r} is not a choice for {option}; {hint}"
+
+
+def _fit_choices(record: tuple[str, str], width: int) -> tuple[str, str]:
+    """An option whose ``<a|b|...>`` choices would not fit half the help's width lists them in its help text."""
+    name, help_text = record
+    found = re.search(r"<([^<>]*\|[^<>]*)>", name)
+    if found is None or len(name) <= width // 2:
+        return record
+    import textwrap
+
+    # a paragraph of its own, wrapped here between names (click would break `seq-cls` at its hyphen); `\b`
+    # keeps click from rewrapping it
+    listed = textwrap.fill(
+        "CHOICE: " + ", ".join(found.group(1).split("|")) + ".", width=width // 2 - 4, break_on_hyphens=False
+    )
+    return name.replace(found.group(0), "CHOICE"), f"{help_text}\n\n\b\n{listed}"
 
 
 def examples(*lines: str) -> str:

@@ -32,10 +32,10 @@ else:
     DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    """echo '{"prompt": "Hi.", "chosen": " Hello!", "rejected": " Go away."}' > pairs.jsonl""",
-    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl -o this.jsonl --require-accuracy 0",
-    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl --compare this.jsonl --json",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    """echo '{"prompt": "Hi.", "chosen": " Hi!", "rejected": " Go."}' > pairs.jsonl""",
+    "vhtool evaluate policy -i pairs.jsonl -o this.jsonl --require-accuracy 0",
+    "vhtool evaluate policy -i pairs.jsonl --compare this.jsonl --json",
 )
 
 

@@ -10,10 +10,10 @@ import typer
 from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run --json",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --private --dry-run -q",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool push policy my-name/tiny-gpt2-value-head --dry-run",
+    "vhtool push policy my-name/tiny-gpt2-value-head --dry-run --json",
+    "vhtool push policy my-name/tiny-gpt2-value-head --private --dry-run -q",
 )
 
 

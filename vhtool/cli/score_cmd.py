@@ -46,10 +46,10 @@ else:
     ReadoutRule = choice_enum("ReadoutRule", READOUTS)
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    "vhtool score tiny-gpt2-value-head --text 'Hello there.' --text 'Good night.'",
-    "printf 'first sample\\nsecond sample\\n' | vhtool score tiny-gpt2-value-head --input - -o scores.jsonl",
-    """echo '{"prompt": "Hi.", "completion": " Hello!"}' | vhtool score tiny-gpt2-value-head --input - --json""",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool score policy --text 'Hello there.' --text 'Good night.' --json",
+    "printf 'first\\nsecond\\n' | vhtool score policy -i - -o out.jsonl",
+    """echo '{"prompt": "Hi.", "completion": " Yo!"}' | vhtool score policy -i -""",
 )
 
 
