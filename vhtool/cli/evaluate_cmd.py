@@ -14,7 +14,7 @@ import typer
 from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, HEADS, JOIN_MODES, ON_ERROR
 from vhtool.cli.common import Choice, ForceOpt, JsonOpt, Out, QuietOpt, choice_enum, examples, handle_errors
 from vhtool.cli.score_cmd import _histogram_rows
-from vhtool.errors import VerificationError, VhtoolError
+from vhtool.errors import InputError, VerificationError, VhtoolError
 
 if TYPE_CHECKING:
     Head = Choice
@@ -142,6 +142,33 @@ def _summary_table(out: Out, s: Any) -> None:
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out.err.print(table)
+
+
+def _precheck(checkpoint: str, source: Any, options: Any, subset_field: str) -> None:
+    """What the files can tell before torch loads: a local JSONL's records (shape only, with --on-error fail),
+    an empty one, and a checkpoint that is an encoder-decoder or has no head (see vhtool score)."""
+    from vhtool.models.evaluate import parse_pair, read_pairs
+    from vhtool.models.scoring.inputs import record_shape
+    from vhtool.models.scoring.precheck import check_checkpoint_files
+    from vhtool.models.scoring.results import BadRecordError
+
+    if source.path is not None and source.kind() == "jsonl":
+        count = 0
+        for item in read_pairs(source):
+            count += 1
+            if options.on_error != "fail":
+                continue
+            try:
+                if item.error is not None:
+                    raise InputError(item.error)
+                for answer in parse_pair(item.payload, subset_field=subset_field).answers:
+                    record_shape(answer)
+            except InputError as exc:
+                where = f"{source.label()}: {source.unit} {item.line}"
+                raise BadRecordError(f"{where}: {exc}.", index=item.index, line=item.line) from None
+        if count == 0:
+            raise InputError(f"{source.label()}: no records to evaluate (the input is empty); nothing was written.")
+    check_checkpoint_files(checkpoint, options)
 
 
 @handle_errors
@@ -322,6 +349,7 @@ def evaluate_command(
         ),
     )
     source = source_from_arg(input_arg, split=split)
+    _precheck(checkpoint, source, options, subset_field)
 
     collected: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -155,8 +155,7 @@ def _summary_table(out: Out, summary: Any) -> None:
         rows.append(("ranks", f"{summary.ranks} (batches shared round-robin; speed is over all ranks)"))
     if summary.output:
         rows.append(("output", summary.output))
-    if out.show_progress:  # the histogram is for a person at a terminal; --json carries the same numbers
-        rows.extend(_histogram_rows(summary))
+    rows.extend(_histogram_rows(summary))  # the table is drawn on a terminal only; --json has the same numbers
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out.err.print(table)
@@ -362,12 +361,19 @@ def score_command(
     else:
         raise InputError("nothing to score: give --input FILE, --input - (stdin), or --text TEXT.")
 
+    # Everything the files can tell is told now, before torch and the model load (seconds): the records' shape,
+    # an empty input, an encoder-decoder, a missing head. Every rank checks the same files.
+    from vhtool.models.scoring.precheck import precheck_score
+
+    for note in precheck_score(checkpoint, spec, options).notes:
+        out.warn(note)
+
     collected: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
 
     def on_skip(rec: SkippedRecord) -> None:
         skipped.append({"index": rec.index, "line": rec.line, "reason": rec.reason})
-        out.warn(f"{spec.label()}: {rec.message()}; skipped.")
+        out.warn(f"{spec.where(rec.line)}: {rec.reason}; skipped.")
 
     def keep(rec: ScoredRecord) -> None:
         collected.append(rec.to_json())
@@ -420,5 +426,5 @@ def score_command(
         doc["skipped"] = skipped
         out.data(doc)
         return
-    if not quiet:
+    if out.show_progress:  # a person at a terminal; a script reads --json (the README's rule)
         _summary_table(out, summary)
