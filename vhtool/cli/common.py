@@ -483,6 +483,8 @@ def handle_errors(fn: F) -> F:
             raise
         except BaseException as exc:
             message, code, kind, problems = _describe_failure(exc)
+            if kind.startswith("Hub"):  # a typo of a local folder reached the Hub: say so first
+                message = _local_typo(kwargs.values(), message) + message
             if json_mode:
                 doc = dict(_json_pending or {})
                 doc.update(error_doc(message, code=code, kind=kind, problems=problems))
@@ -493,6 +495,32 @@ def handle_errors(fn: F) -> F:
         return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _local_typo(args: Iterable[Any], message: str) -> str:
+    """``no local folder 'polcy' (did you mean 'policy'?); `` for an argument the Hub was asked for instead.
+
+    Only for a string argument the Hub message names, that is not an existing path, and whose folder holds a
+    folder with a close name: a plain Hub id (``org/name`` with no such local ``org``) gets no hint.
+    """
+    import difflib
+
+    for value in args:
+        if not isinstance(value, str) or f"'{value}'" not in message or Path(value).exists():
+            continue
+        path = Path(value)
+        parent = path.parent
+        try:
+            folders = [d.name for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        except OSError:
+            continue
+        close = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.75)
+        if close:
+            near = str(parent / close[0]) if str(parent) != "." else close[0]
+            return f"no local folder {value!r} (did you mean {near!r}?); "
+        if str(parent) == ".":
+            return f"no local folder {value!r}; "
+    return ""
 
 
 def _flush_json(json_mode: bool) -> None:

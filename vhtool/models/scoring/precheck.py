@@ -53,17 +53,17 @@ def check_records(spec: InputSpec, options: ScoreOptions) -> tuple[str, ...]:
     fmt, items = read_inputs(spec, options.input_format)
     notes: list[str] = []
     count = 0
+    warn_json = fmt == "text" and spec.path is not None and options.input_format == "auto"
     for item in items:
         count += 1
         problem = item.error or _shape_problem(item)
         if problem is not None and options.on_error == "fail":
             raise BadRecordError(f"{spec.where(item.line)}: {problem}.", index=item.index, line=item.line)
-        if not notes and fmt == "text" and spec.path is not None and options.input_format == "auto":
-            if isinstance(item.payload, str) and looks_like_jsonl(item.payload):
-                notes.append(
-                    f"{spec.label()}: line {item.line} is a JSON object, but a {spec.path.suffix} file is read as "
-                    "plain text (each line scored as written); rename it .jsonl or pass --format jsonl."
-                )
+        if warn_json and not notes and isinstance(item.payload, str) and looks_like_jsonl(item.payload):
+            notes.append(  # once: the first such line says it for the file
+                f"{spec.label()}: line {item.line} is a JSON object, but a .txt file is read as plain text "
+                "(each line scored as written); rename it .jsonl or pass --format jsonl."
+            )
     if count == 0:
         raise InputError(f"{spec.label()}: no records to score (the input is empty); nothing was written.")
     return tuple(notes)
@@ -112,12 +112,14 @@ def check_checkpoint_files(checkpoint: str, options: ScoreOptions) -> None:
 def _has_reward_adapter(root: Path, manifest: Any) -> bool:
     if manifest is not None and getattr(manifest, "reward_adapter", None) is not None:
         return True
-    return (root / ADAPTER_CONFIG).is_file() or any((d / ADAPTER_CONFIG).is_file() for d in root.iterdir() if d.is_dir())
+    folders = [root, *(d for d in root.iterdir() if d.is_dir())]  # attach-reward-adapter writes a subfolder
+    return any((d / ADAPTER_CONFIG).is_file() for d in folders)
 
 
 def _is_classifier(config: dict[str, Any]) -> bool:
     archs = config.get("architectures") or []
-    return any(isinstance(a, str) and a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs)
+    kinds = ("ForSequenceClassification", "ForTokenClassification")
+    return any(isinstance(a, str) and a.endswith(kinds) for a in archs)
 
 
 __all__ = ["Precheck", "check_checkpoint_files", "check_records", "precheck_score"]
