@@ -442,11 +442,11 @@ def test_usage_errors(ckpts: dict[str, Path], work: Path, tmp_path: Path) -> Non
         ((g, "-i", tmp_path), "is a directory"),
         ((g, "--text", "a", "-i", "-"), "not both"),
         ((g, "--text", "a", "--head", "reward"), "has no reward adapter"),
-        ((g, "--text", "a", "--head", "policy"), "'policy' is not one of 'reward', 'value'"),
+        ((g, "--text", "a", "--head", "policy"), "'policy' is not a choice for --head; choose one of 'reward'"),
         ((g, "--text", "a", "--max-length", 600), "more than the model's 512 positions"),
-        ((g, "--text", "a", "--dtype", "int8"), "'int8' is not one of 'float32'"),
+        ((g, "--text", "a", "--dtype", "int8"), "'int8' is not a choice for --dtype; choose one of 'float32'"),
         ((g, "--text", "a", "--device", "cuda"), "no CUDA device"),
-        ((g, "--text", "a", "--on-error", "ignore"), "'ignore' is not one of 'fail', 'skip'"),
+        ((g, "--text", "a", "--on-error", "ignore"), "'ignore' is not a choice for --on-error; choose one of 'fail'"),
         ((tmp_path / "nope", "--text", "a"), "no such directory"),
     ]
     for args, message in cases:

@@ -146,12 +146,26 @@ class VhtoolGroup(typer.core.TyperGroup):
         rest: list[str] = super().parse_args(ctx, hoist_global_options(args, self.commands))
         return rest
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call: dict[str, Any] = {
+            "args": args,
+            "prog_name": prog_name,
+            "complete_var": complete_var,
+            "windows_expand_args": windows_expand_args,
+        }
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        argv = list(args[0]) if args and args[0] is not None else sys.argv[1:]
+            return super().main(**call, standalone_mode=False, **extra)
+        argv = list(args) if args is not None else sys.argv[1:]
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(**call, standalone_mode=False, **extra)
         except typer.Abort:
             sys.stderr.write("Aborted.\n")
             sys.exit(1)
@@ -205,7 +219,7 @@ def _choice_message(param: Any, message: str) -> str | None:
     allowed = [str(m.value) for m in enums[0]]
     option = max(getattr(param, "opts", None) or [str(param.name)], key=len)
     close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(allowed)}."
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(map(repr, allowed))}."
     return f"{value!r} is not a choice for {option}; {hint}"
 
 
@@ -223,6 +237,16 @@ def _fit_choices(record: tuple[str, str], width: int) -> tuple[str, str]:
         "CHOICE: " + ", ".join(found.group(1).split("|")) + ".", width=width // 2 - 4, break_on_hyphens=False
     )
     return name.replace(found.group(0), "CHOICE"), f"{help_text}\n\n\b\n{listed}"
+
+
+def human_bytes(n: int) -> str:
+    """A size in binary units, one style for every command: ``714 B``, ``32.0 KiB``, ``1.5 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
 
 
 def examples(*lines: str) -> str:
@@ -342,10 +366,26 @@ class Out:
             self.result(line())
 
     def warn(self, message: str) -> None:
+        """``Warning: …`` on stderr, wrapped to the terminal between words (a path is never split)."""
         if not self.quiet:
             from rich.markup import escape
 
-            self.err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
+            text = self.fit(f"Warning: {message}")
+            self.err.print(f"[yellow]Warning:[/yellow]{escape(text[len('Warning:') :])}")
+
+    def note(self, message: str) -> None:
+        """A plain-text note on stderr (suppressed by --json and --quiet), wrapped like :meth:`warn`."""
+        if not (self.quiet or self.json_mode):
+            from rich.markup import escape
+
+            self.err.print(escape(self.fit(message)))
+
+    def fit(self, text: str) -> str:
+        """``text`` wrapped to stderr's width between words; a word longer than the width (a path) stays whole."""
+        import textwrap
+
+        width = max(int(self.err.width), 40)
+        return textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[int], Callable[[int], None]] | None]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, examples, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, examples, handle_errors, human_bytes
 from vhtool.errors import InputError, VerificationError
 
 EXAMPLES = examples(
@@ -109,15 +109,6 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -145,19 +136,19 @@ def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> Non
             str(g.tensors),
             f"{g.params:,}",
             ",".join(g.dtypes) or "-",
-            _human_bytes(g.nbytes),
+            human_bytes(g.nbytes),
             escape(", ".join(g.marks)),
         )
     out.console.print(table)
     if show_tensors:
         _print_tensors(out, report)
     tot = report.totals
-    dtypes = ", ".join(f"{d} {_human_count(p)} ({_human_bytes(b)})" for d, (_, p, b) in sorted(tot.by_dtype.items()))
+    dtypes = ", ".join(f"{d} {_human_count(p)} ({human_bytes(b)})" for d, (_, p, b) in sorted(tot.by_dtype.items()))
     scope = f" matching {report.filter!r}" if report.filter else ""
     out.console.print(
         escape(
             f"Total{scope}: {tot.tensors} tensors, {tot.params:,} parameters ({_human_count(tot.params)}), "
-            f"{_human_bytes(tot.nbytes)}; by dtype: {dtypes or '-'}"
+            f"{human_bytes(tot.nbytes)}; by dtype: {dtypes or '-'}"
         ),
         soft_wrap=False,
     )
@@ -194,7 +185,7 @@ def _print_tensors(out: Out, report: InspectResult) -> None:
             "shape": str(list(t.shape)),
             "dtype": t.dtype,
             "params": f"{t.params:,}",
-            "bytes": _human_bytes(t.nbytes),
+            "bytes": human_bytes(t.nbytes),
             "file": t.file,
             "marks": ", ".join(t.marks),
         }
