@@ -208,8 +208,7 @@ def test_library_warnings_are_quiet_unless_debug(policy_with_reward: Path) -> No
     cmd = ["score", str(policy_with_reward), "--text", "Hello there."]
     quiet = subprocess.run([*base, *cmd], capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
-    assert "vhtool score" in quiet.stderr  # the summary table, and nothing from the libraries:
-    assert "is_gradient_checkpointing" not in quiet.stderr and "Warning" not in quiet.stderr
+    assert quiet.stderr == ""  # nothing from the libraries (and the summary table is for a terminal only)
     loud = subprocess.run([*base, "--debug", *cmd], capture_output=True, text=True, env=env)
     assert loud.returncode == 0, loud.stderr
     assert "is_gradient_checkpointing" in loud.stderr

@@ -224,10 +224,10 @@ def _choice_message(param: Any, message: str) -> str | None:
 
 
 def _fit_choices(record: tuple[str, str], width: int) -> tuple[str, str]:
-    """An option whose ``<a|b|...>`` choices would not fit half the help's width lists them in its help text."""
+    """An option whose ``<a|b|...>`` choices would not fit a line of help lists them in its help text instead."""
     name, help_text = record
     found = re.search(r"<([^<>]*\|[^<>]*)>", name)
-    if found is None or len(name) <= width // 2:
+    if found is None or len(name) + 2 <= width:  # it fits its line (the help then goes on the next)
         return record
     import textwrap
 

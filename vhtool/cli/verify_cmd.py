@@ -81,13 +81,12 @@ def verify_command(
 
     def shown(text: str) -> str:
         """``text`` naming models as the user does (``builtin:tiny-gpt2``, a Hub id), not by installed paths."""
-        text = _builtin_names(text)
         path = str(where)
-        if path == checkpoint or Path(checkpoint).exists():
-            return text
-        for suffix in ("-value-head", "-reinit"):  # the suggested -o: a folder here, named after the model
-            text = text.replace(path + suffix, Path(path).name + suffix)
-        return text.replace(path, checkpoint)
+        if path != checkpoint and not Path(checkpoint).exists():
+            for suffix in ("-value-head", "-reinit"):  # the suggested -o: a folder here, named after the model
+                text = text.replace(path + suffix, Path(path).name + suffix)
+            text = text.replace(path, checkpoint)
+        return _builtin_names(text)
 
     if forward:  # the file checks need no torch; the forward check is the torch world's
         from vhtool.models.smoke import verify_forward
