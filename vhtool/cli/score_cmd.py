@@ -365,7 +365,13 @@ def score_command(
     # an empty input, an encoder-decoder, a missing head. Every rank checks the same files.
     from vhtool.models.scoring.precheck import precheck_score
 
-    for note in precheck_score(checkpoint, spec, options).notes:
+    try:
+        checked = precheck_score(checkpoint, spec, options)
+    except VhtoolError as exc:
+        if worker:  # every rank finds the same; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    for note in checked.notes:
         out.warn(note)
 
     collected: list[dict[str, Any]] = []
