@@ -79,6 +79,35 @@ def expand_home(value: Any) -> Any:
     return value
 
 
+#: Stands in for "-" while help text is wrapped, so that click's wrapper (which breaks after a hyphen) never
+#: splits ``--per-token``, ``seq-cls`` or ``weights-only``; put back before the help is printed.
+_HYPHEN = "\u2011"
+
+
+def help_keeping_names_whole(command: Any, ctx: Any) -> str:
+    """``command``'s help, wrapped to the terminal between words only (a name with a hyphen stays whole)."""
+    formatter = ctx.make_formatter()
+
+    def guarded(write: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            write(*(_guard(a) for a in args), **{k: _guard(v) for k, v in kwargs.items()})
+
+        return call
+
+    for name in ("write_text", "write_dl", "write_usage", "write_heading"):
+        setattr(formatter, name, guarded(getattr(formatter, name)))
+    command.format_help(ctx, formatter)
+    return str(formatter.getvalue()).replace(_HYPHEN, "-").rstrip("\n")
+
+
+def _guard(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("-", _HYPHEN)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_guard(v) for v in value)
+    return value
+
+
 class VhtoolCommand(typer.core.TyperCommand):
     """A command whose help names its arguments in words (``MODEL``, not ``{model}`` or ``model <str>``), and
     whose path arguments and options (:func:`names_a_path`) have ``~`` expanded, once for every command."""
@@ -89,6 +118,9 @@ class VhtoolCommand(typer.core.TyperCommand):
             if param.name in ctx.params and names_a_path(param):
                 ctx.params[param.name] = expand_home(ctx.params[param.name])
         return rest
+
+    def get_help(self, ctx: Any) -> str:
+        return help_keeping_names_whole(self, ctx)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
@@ -145,6 +177,9 @@ class VhtoolGroup(typer.core.TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rest: list[str] = super().parse_args(ctx, hoist_global_options(args, self.commands))
         return rest
+
+    def get_help(self, ctx: Any) -> str:
+        return help_keeping_names_whole(self, ctx)
 
     def main(
         self,

@@ -310,7 +310,8 @@ def score_command(
     """Score records with the value head (at the last token) or the reward adapter; JSONL out, in input order.
 
     Records go to stdout (or -o FILE) as {"index", "score", "tokens"} lines, plus "truncated" when
-    --max-length cut the record and "values" with --per-token; the summary goes to stderr. With --json,
+    --max-length cut the record and "values" with --per-token; a summary table goes to stderr on a
+    terminal. With --json,
     stdout gets one object {"summary", "records", "skipped"} ("records" only without -o).
 
     With --on-error fail, a bad record stops the run with exit 2 and names its line. An -o FILE is written
