@@ -349,7 +349,20 @@ def evaluate_command(
         ),
     )
     source = source_from_arg(input_arg, split=split)
-    _precheck(checkpoint, source, options, subset_field)
+    try:
+        if output is not None:  # the output first, as score does (the run takes it again)
+            from vhtool.checkpoint.atomic import AtomicFile
+            from vhtool.models.evaluate.run import check_eval_output
+
+            target = check_eval_output(
+                output, force=force, source=source, checkpoint=checkpoint, compare_with=compare_with
+            )
+            AtomicFile(target).discard()
+        _precheck(checkpoint, source, options, subset_field)
+    except VhtoolError as exc:
+        if worker:  # every rank finds the same; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
 
     collected: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -364,9 +364,13 @@ def score_command(
 
     # Everything the files can tell is told now, before torch and the model load (seconds): the records' shape,
     # an empty input, an encoder-decoder, a missing head. Every rank checks the same files.
+    from vhtool.checkpoint.atomic import AtomicFile
     from vhtool.models.scoring.precheck import precheck_score
+    from vhtool.models.scoring.run import check_output
 
     try:
+        if output is not None:  # the output first, as every writing command does (the run takes it again)
+            AtomicFile(check_output(output, force=force, inputs=spec, checkpoint=checkpoint)).discard()
         checked = precheck_score(checkpoint, spec, options)
     except VhtoolError as exc:
         if worker:  # every rank finds the same; rank 0 prints it
