@@ -350,7 +350,7 @@ def evaluate_command(
     )
     source = source_from_arg(input_arg, split=split)
     try:
-        if output is not None:  # the output first, as score does (the run takes it again)
+        if output is not None and not worker:  # the output first, as score does; only rank 0 writes it
             from vhtool.checkpoint.atomic import AtomicFile
             from vhtool.models.evaluate.run import check_eval_output
 

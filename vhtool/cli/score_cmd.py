@@ -369,7 +369,7 @@ def score_command(
     from vhtool.models.scoring.run import check_output
 
     try:
-        if output is not None:  # the output first, as every writing command does (the run takes it again)
+        if output is not None and not worker:  # the output first, as every writing command does; rank 0 writes
             AtomicFile(check_output(output, force=force, inputs=spec, checkpoint=checkpoint)).discard()
         checked = precheck_score(checkpoint, spec, options)
     except VhtoolError as exc:
