@@ -7,13 +7,23 @@ model and the pairs with yours; the rest stays the same.
     python examples/make_reward_adapter.py reward-lora
 """
 
+import os
 import sys
+import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from vhtool.builtin import builtin_path
+
+if not os.environ.get("TRANSFORMERS_VERBOSITY") and not os.environ.get("VHTOOL_DEBUG"):
+    # What a reward model's load reports is expected here (a new `score` head, the LM head unused), and PEFT
+    # calls a transformers API deprecated in v5: quiet, as vhtool's own loads are. Set either variable to see it.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 out = sys.argv[1] if len(sys.argv) > 1 else "reward-lora"
 base = builtin_path("builtin:tiny-llama")  # or a Hub id / local folder: the policy's base model

@@ -225,10 +225,10 @@ def _no_hidden(d: Path) -> None:
         ("no-hidden-size", ["{src}"], "no usable hidden size"),
         ("corrupt-header", ["{src}"], "not valid JSON"),
         ("offline-hub-id", ["someone/some-model"], "cannot fetch"),
-        ("unknown-init", ["{src}", "--v-head-init", "xavier"], "'xavier' is not one of 'random', 'normal'"),
+        ("unknown-init", ["{src}", "--v-head-init", "xavier"], "'xavier' is not a choice for --v-head-init"),
         ("negative-range", ["{src}", "--v-head-init", "normal", "--v-head-initializer-range", "-0.1"], "positive"),
         ("parent-is-a-file", ["{src}", "-o", "{tmp}/afile/out"], "a parent of the output is a file"),
-        ("bad-link", ["{src}", "--link", "teleport"], "'teleport' is not one of 'auto', 'copy'"),
+        ("bad-link", ["{src}", "--link", "teleport"], "'teleport' is not a choice for --link; choose one of 'auto'"),
     ],
 )
 def test_bad_input(case: str, args: list[str], message: str, saved_model: Any, cli: Any, tmp_path: Path) -> None:
@@ -247,10 +247,7 @@ def test_bad_input(case: str, args: list[str], message: str, saved_model: Any, c
     res = cli("init", *argv)
     assert res.exit_code == 2, (res.stdout, res.stderr)
     assert message in res.stderr
-    if case in ("unknown-init", "bad-link"):  # the parser's usage error: usage, hint, then the one Error line
-        assert res.stderr.startswith("Usage: vhtool init") and res.stderr.count("Error: ") == 1
-    else:
-        assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1  # the parser's errors too: one line
     assert {p.name for p in tmp_path.iterdir()} == before  # nothing written
 
 

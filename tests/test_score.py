@@ -119,9 +119,10 @@ def test_value_scores_equal_per_record_forward(name: str, ckpts: dict[str, Path]
     data = texts(24, seed=1)
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t, "id": k} for k, t in enumerate(data)])
     # A small budget and batch size: many batches of mixed widths, sorted away from input order.
-    res = run(path, "-i", src, "--max-batch-tokens", 300, "--batch-size", 6)
+    res = run(path, "-i", src, "--max-batch-tokens", 300, "--batch-size", 6, "--json")
     assert res.exit_code == 0, res.stderr
-    got = records(res.stdout)
+    doc = json.loads(res.stdout)
+    got = doc["records"]
     assert [r["index"] for r in got] == list(range(len(data)))
     _, tok = reference(path)
     assert tok.padding_side == {"gpt2": "right", "llama": "left"}.get(name, name.split("-")[-1])
@@ -130,8 +131,8 @@ def test_value_scores_equal_per_record_forward(name: str, ckpts: dict[str, Path]
         assert r["tokens"] == len(ids)
         assert "truncated" not in r and "values" not in r
         assert r["score"] == pytest.approx(ref_values(path, ids)[-1].item(), abs=1e-5)
-    assert "backbone forward" in res.stderr
-    assert ("left padding" if name in ("llama", "gpt2-left") else "right padding") in res.stderr
+    assert doc["summary"]["forward"] == "backbone"
+    assert doc["summary"]["padding_side"] == ("left" if name in ("llama", "gpt2-left") else "right")
 
 
 @pytest.fixture(scope="module")
@@ -331,10 +332,10 @@ def test_summary_statistics(ckpts: dict[str, Path], tmp_path: Path) -> None:
     assert s["tokens"] == sum(r["tokens"] for r in doc["records"]) <= s["padded_tokens"]
     assert s["tokens_per_s"] > 0 and s["head"] == "value" and s["head_reason"].startswith("default")
     assert s["dtype"] == "float32" and s["device"] == "cpu"
-    # The human summary goes to stderr, records to stdout.
+    # Records go to stdout; the human summary table is for a terminal only (test_score_display), not a pipe.
     res = run(ckpts["llama"], "-i", src)
     assert res.exit_code == 0 and len(records(res.stdout)) == 25
-    assert "mean" in res.stderr and f"{scores.mean():.6g}" in res.stderr
+    assert "mean" not in res.stderr and f"{scores.mean():.6g}" not in res.stderr
 
 
 def test_nonfinite_scores_counted_and_written_as_null(ckpts: dict[str, Path], work: Path) -> None:
@@ -413,13 +414,16 @@ def test_on_error_skip_counts_and_warns(ckpts: dict[str, Path], tmp_path: Path) 
         assert f"line {k + 1}: " in res.stderr and BAD[k][1] in res.stderr
 
 
-def test_empty_input_scores_nothing(ckpts: dict[str, Path], tmp_path: Path) -> None:
+def test_empty_input_is_an_error_and_writes_nothing(ckpts: dict[str, Path], tmp_path: Path) -> None:
     src = tmp_path / "empty.jsonl"
     src.write_text("\n\n")
-    res = run(ckpts["gpt2"], "-i", src, "--json")
-    assert res.exit_code == 0, res.stderr
-    doc = json.loads(res.stdout)
-    assert doc["records"] == [] and doc["summary"]["count"] == 0 and doc["summary"]["mean"] is None
+    out = tmp_path / "out.jsonl"
+    res = run(ckpts["gpt2"], "-i", src, "-o", out, "--json")
+    assert res.exit_code == 2 and "no records to score" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["error"]["type"] == "InputError"
+    assert not out.exists()  # no 0-byte output
+    res = run(ckpts["gpt2"], "-i", "-", "-o", out, input="")  # stdin: found after the load, still no output
+    assert res.exit_code == 2 and "stdin: no records to score" in res.stderr and not out.exists()
 
 
 def test_empty_text_line_in_plain_text_and_stdin_window(ckpts: dict[str, Path]) -> None:
@@ -438,11 +442,11 @@ def test_usage_errors(ckpts: dict[str, Path], work: Path, tmp_path: Path) -> Non
         ((g, "-i", tmp_path), "is a directory"),
         ((g, "--text", "a", "-i", "-"), "not both"),
         ((g, "--text", "a", "--head", "reward"), "has no reward adapter"),
-        ((g, "--text", "a", "--head", "policy"), "'policy' is not one of 'reward', 'value'"),
+        ((g, "--text", "a", "--head", "policy"), "'policy' is not a choice for --head; choose one of 'reward'"),
         ((g, "--text", "a", "--max-length", 600), "more than the model's 512 positions"),
-        ((g, "--text", "a", "--dtype", "int8"), "'int8' is not one of 'float32'"),
+        ((g, "--text", "a", "--dtype", "int8"), "'int8' is not a choice for --dtype; choose one of 'float32'"),
         ((g, "--text", "a", "--device", "cuda"), "no CUDA device"),
-        ((g, "--text", "a", "--on-error", "ignore"), "'ignore' is not one of 'fail', 'skip'"),
+        ((g, "--text", "a", "--on-error", "ignore"), "'ignore' is not a choice for --on-error; choose one of 'fail'"),
         ((tmp_path / "nope", "--text", "a"), "no such directory"),
     ]
     for args, message in cases:

@@ -71,12 +71,12 @@ def test_a_terminal_shows_phases_a_known_total_speed_and_a_histogram(setup: dict
     assert "loading the model" in screen and "scoring" in screen
     assert "/100 records" in screen and "/? records" not in screen.split("scoring", 1)[1]  # the total is known
     assert "records/s" in screen and "tokens/s" in screen
-    assert "histogram" in screen and "█" in screen
+    assert "histogram" in screen and "█" in screen and "vhtool score" in screen  # the summary table
     counts = [int(m) for m in re.findall(r"█+ (\d+)", screen)]
     assert sum(counts) == 100  # the bars count every record
 
 
-def test_a_pipe_gets_no_progress_and_no_histogram(setup: dict[str, Path], tmp_path: Path) -> None:
+def test_a_pipe_gets_no_progress_and_no_summary_table(setup: dict[str, Path], tmp_path: Path) -> None:
     code = "import sys; from vhtool.cli.app import main; sys.argv[0] = 'vhtool'; main()"
     res = subprocess.run(
         [
@@ -96,8 +96,9 @@ def test_a_pipe_gets_no_progress_and_no_histogram(setup: dict[str, Path], tmp_pa
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    for word in ("records/s,", "/100 records", "loading the model", "histogram", "█", "\r"):
-        assert word not in res.stderr, word  # (the summary table itself stays: speed, counts)
+    for word in ("records/s", "/100 records", "loading the model", "histogram", "█", "\r", "vhtool score", "mean"):
+        assert word not in res.stderr, word  # the README: progress and summaries on a terminal only
+    assert res.stderr == ""  # --json carries the summary for a script
 
 
 def test_json_carries_the_histogram(setup: dict[str, Path], cli: Any) -> None:

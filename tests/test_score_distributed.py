@@ -62,12 +62,13 @@ def ckpts(work: Path) -> dict[str, Path]:
 
 
 def write_records(path: Path, n: int, *, seed: int = 0, bad: int | None = None) -> Path:
-    """``n`` JSONL records of 1..60 words (a mix of lengths); record ``bad`` (0-based) is broken JSON."""
+    """``n`` JSONL records of 1..60 words (a mix of lengths); record ``bad`` (0-based) has an id outside the
+    vocabulary: well-formed, so only a rank with the model finds it (a broken line is refused before the load)."""
     rng = random.Random(seed)
     lines = []
     for i in range(n):
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60)))
-        lines.append('{"text": "unterminated' if i == bad else json.dumps({"text": text}))
+        lines.append('{"input_ids": [1, 99999]}' if i == bad else json.dumps({"text": text}))
     path.write_text("".join(line + "\n" for line in lines))
     return path
 
@@ -146,7 +147,7 @@ def jobs(ckpts: dict[str, Path], work: Path) -> dict[str, Job]:
         job.proc = start_torchrun([*args, *extra], logs)
         out[name] = job
     for name, job in out.items():
-        if name != "bad":  # the single-process baseline, beside the job's directory (not in it)
+        if name not in ("bad", "count0"):  # the single-process baseline, beside the job's directory (not in it)
             one = work / f"{name}-single.jsonl"
             extra = ["-o", str(one), "--json"] if job.out is not None else ["-q"]
             job.base = single(*job.args, *extra)
@@ -164,7 +165,16 @@ def leftovers(directory: Path, keep: set[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- torchrun, gloo
-@pytest.mark.parametrize(("name", "count"), [("count0", 0), ("count1", 1), ("count100", 100)])
+def test_torchrun_empty_input_is_refused_before_the_load(jobs: dict[str, Job]) -> None:
+    job = jobs["count0"]
+    assert job.returncode == 1  # torchrun's own code for a failed job; each rank exited 2
+    assert job.stderr.count("exitcode  : 2") >= 1 and "exitcode  : 1" not in job.stderr, job.stderr
+    errors = [line for line in job.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: {job.src}: no records to score (the input is empty); nothing was written."], errors
+    assert job.out is not None and not job.out.exists()
+
+
+@pytest.mark.parametrize(("name", "count"), [("count1", 1), ("count100", 100)])
 def test_torchrun_output_file_is_byte_identical(name: str, count: int, jobs: dict[str, Job], work: Path) -> None:
     job = jobs[name]
     assert job.returncode == 0, job.stderr
@@ -197,7 +207,7 @@ def test_torchrun_bad_record_in_rank_1_share_fails_cleanly(jobs: dict[str, Job])
     assert job.stderr.count("exitcode  : 2") >= 1 and "exitcode  : 1" not in job.stderr, job.stderr
     errors = [line for line in job.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, job.stderr  # rank 0 speaks for the job; rank 1 is silent
-    assert errors[0].startswith(f"Error: rank 1 of 2: {job.src}: line 4: invalid JSON"), errors
+    assert errors[0].startswith(f"Error: rank 1 of 2: {job.src}: line 4: input_ids has id 99999"), errors
     assert json_error(job.stdout, 2)["message"].startswith("rank 1 of 2: ")  # --json: one object, from rank 0
     assert job.out is not None and not job.out.exists() and leftovers(job.src.parent, {"in.jsonl"}) == []
 
@@ -359,7 +369,7 @@ def test_device_map_option_errors(ckpts: dict[str, Path], tmp_path: Path) -> Non
         (("--offload-folder", tmp_path), "--offload-folder applies to big-model loading only"),
         (
             ("--device-map", "everywhere"),
-            "'everywhere' is not one of 'auto', 'balanced', 'balanced_low_0', 'sequential'",
+            "'everywhere' is not a choice for --device-map; choose one of 'auto', 'balanced'",
         ),
         (("--device-map", "auto", "--max-memory", "cpu"), "'cpu' is not DEVICE=SIZE"),
         (("--device-map", "auto", "--max-memory", "gpu7=1GB"), "unknown device 'gpu7'"),
@@ -429,7 +439,7 @@ def test_a_job_of_one_rank_in_process(ckpts: dict[str, Path], tmp_path: Path, mo
     assert not str(caught.value).startswith("rank")  # what every rank reports alike is said once, unnamed
     bad = write_records(tmp_path / "bad.jsonl", 30, seed=2, bad=17)
     out = tmp_path / "out.jsonl"
-    with pytest.raises(InputError, match=f"^rank 0 of 1: {bad}: line 18: invalid JSON"):
+    with pytest.raises(InputError, match=f"^rank 0 of 1: {bad}: line 18: input_ids has id 99999"):
         score_dataset_distributed(ckpts["gpt2"], env=env, inputs=InputSpec(path=bad), options=options, output=out)
     assert not out.exists() and leftovers(tmp_path, {"in.jsonl", "bad.jsonl", "one.jsonl", "two.jsonl"}) == []
     assert not dist.is_initialized()

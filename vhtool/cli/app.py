@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -20,10 +19,11 @@ from vhtool.cli import (
     serve_cmd,
     verify_cmd,
 )
-from vhtool.cli.common import VhtoolCommand, error_doc, examples, set_debug, write_json
+from vhtool.cli.common import VhtoolCommand, VhtoolGroup, examples, set_debug
 
 app = typer.Typer(
     name="vhtool",
+    cls=VhtoolGroup,
     help="Build, inspect, score and publish value-head checkpoints for RLHF, out of core.",
     epilog=examples(
         "vhtool init builtin:tiny-gpt2",
@@ -76,23 +76,5 @@ for _name, _module, _fn in (
 
 
 def main() -> None:
-    """Console-script entry point: runs the app; with ``--json``, a usage error is a JSON object on stdout too."""
-    if "--json" not in sys.argv[1:]:
-        app()
-        return
-    try:
-        code = app(standalone_mode=False)
-    except typer.Abort:
-        sys.stderr.write("Aborted.\n")
-        sys.exit(1)
-    except Exception as exc:  # the parser's usage errors (typer vendors click; we never import it)
-        show = getattr(exc, "show", None)
-        exit_code = getattr(exc, "exit_code", None)
-        if not callable(show) or not isinstance(exit_code, int):
-            raise
-        fmt = getattr(exc, "format_message", None)
-        message = fmt() if callable(fmt) else str(exc)
-        write_json(error_doc(message, code=exit_code, kind="UsageError"))
-        show()
-        sys.exit(exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    """Console-script entry point: runs the app (usage errors are one line; with ``--json`` a JSON object too)."""
+    app()

@@ -25,8 +25,8 @@ from vhtool.cli.common import (
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-llama -o policy",
-    "vhtool attach-reward-adapter policy reward-lora    # reward-lora: your PEFT LoRA reward adapter",
-    "vhtool attach-reward-adapter policy reward-lora --adapter-name rm -o policy-rm --json",
+    "vhtool attach-reward-adapter policy reward-lora   # your PEFT LoRA adapter",
+    "vhtool attach-reward-adapter policy reward-lora --adapter-name rm -o rm",
     "vhtool score policy-with-reward --text 'Hello there.'",
 )
 

@@ -81,6 +81,35 @@ def expand_home(value: Any) -> Any:
     return value
 
 
+#: Stands in for "-" while help text is wrapped, so that click's wrapper (which breaks after a hyphen) never
+#: splits ``--per-token``, ``seq-cls`` or ``weights-only``; put back before the help is printed.
+_HYPHEN = "\u2011"
+
+
+def help_keeping_names_whole(command: Any, ctx: Any) -> str:
+    """``command``'s help, wrapped to the terminal between words only (a name with a hyphen stays whole)."""
+    formatter = ctx.make_formatter()
+
+    def guarded(write: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            write(*(_guard(a) for a in args), **{k: _guard(v) for k, v in kwargs.items()})
+
+        return call
+
+    for name in ("write_text", "write_dl", "write_usage", "write_heading"):
+        setattr(formatter, name, guarded(getattr(formatter, name)))
+    command.format_help(ctx, formatter)
+    return str(formatter.getvalue()).replace(_HYPHEN, "-").rstrip("\n")
+
+
+def _guard(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("-", _HYPHEN)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_guard(v) for v in value)
+    return value
+
+
 class VhtoolCommand(typer.core.TyperCommand):
     """A command whose help names its arguments in words (``MODEL``, not ``{model}`` or ``model <str>``), and
     whose path arguments and options (:func:`names_a_path`) have ``~`` expanded, once for every command."""
@@ -91,6 +120,9 @@ class VhtoolCommand(typer.core.TyperCommand):
             if param.name in ctx.params and names_a_path(param):
                 ctx.params[param.name] = expand_home(ctx.params[param.name])
         return rest
+
+    def get_help(self, ctx: Any) -> str:
+        return help_keeping_names_whole(self, ctx)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
@@ -106,13 +138,152 @@ class VhtoolCommand(typer.core.TyperCommand):
                 # the metavar says what it is (MODEL, CHECKPOINT); the type name (<str>) says nothing more
                 args.append((str(getattr(param, "display_name_raw", record[0])), record[1]))
             elif param.param_type_name == "option":
-                opts.append(record)
+                opts.append(_fit_choices(record, formatter.width))
         if args:
             with formatter.section("Arguments"):
                 formatter.write_dl(args)
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
+
+
+#: Options of the root command accepted after the subcommand too (``vhtool score ... --debug``).
+ROOT_FLAGS = ("--debug",)
+#: Options every command has, accepted before the subcommand too (``vhtool --json score ...``).
+COMMAND_FLAGS = ("--json", "--quiet", "-q")
+
+
+def hoist_global_options(args: Sequence[str], commands: Iterable[str]) -> list[str]:
+    """``args`` with the global flags moved to the side of the subcommand that declares them.
+
+    ``--debug`` belongs to the root, ``--json``/``--quiet`` to each command; a user writes either anywhere.
+    Only flags (no values) move, and nothing after a ``--`` does.
+    """
+    names = set(commands)
+    args = list(args)
+    at = next((i for i, a in enumerate(args) if a in names), None)
+    if at is None:
+        return args
+    before, command, after = args[:at], args[at], args[at + 1 :]
+    end = after.index("--") if "--" in after else len(after)
+    hoisted = [a for a in after[:end] if a in ROOT_FLAGS]
+    lowered = [a for a in before if a in COMMAND_FLAGS]
+    before = [a for a in before if a not in COMMAND_FLAGS] + hoisted
+    after = lowered + [a for a in after[:end] if a not in ROOT_FLAGS] + after[end:]
+    return [*before, command, *after]
+
+
+class VhtoolGroup(typer.core.TyperGroup):
+    """The root command: global flags in either position, and usage errors in one line that names the fix."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rest: list[str] = super().parse_args(ctx, hoist_global_options(args, self.commands))
+        return rest
+
+    def get_help(self, ctx: Any) -> str:
+        return help_keeping_names_whole(self, ctx)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call: dict[str, Any] = {
+            "args": args,
+            "prog_name": prog_name,
+            "complete_var": complete_var,
+            "windows_expand_args": windows_expand_args,
+        }
+        if not standalone_mode:
+            return super().main(**call, standalone_mode=False, **extra)
+        argv = list(args) if args is not None else sys.argv[1:]
+        try:
+            code = super().main(**call, standalone_mode=False, **extra)
+        except typer.Abort:
+            sys.stderr.write("Aborted.\n")
+            sys.exit(1)
+        except Exception as exc:  # the parser's usage errors (typer vendors click; we never import it)
+            exit_code = getattr(exc, "exit_code", None)
+            if not callable(getattr(exc, "show", None)) or not isinstance(exit_code, int):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vhtool`/`vhtool score`: the help, as asked
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(exit_code)
+            message = usage_message(exc)
+            if "--json" in argv:
+                write_json(error_doc(message, code=exit_code, kind="UsageError"))
+            sys.stderr.write(f"Error: {message}\n")
+            sys.exit(exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(exc: Any) -> str:
+    """A parser error in one line that names the fix: the close choice, ``-i FILE``, then where help is."""
+    fmt = getattr(exc, "format_message", None)
+    message = " ".join(str(fmt() if callable(fmt) else exc).split()).replace("Value error, ", "")
+    ctx = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    choice = _choice_message(param, message)
+    if choice is not None:
+        message = choice
+    extra = re.fullmatch(r"Got unexpected extra argument(?:\(s\)|s)? \((.*)\)", message)
+    if extra is not None:
+        words = extra.group(1).split()
+        takes_input = ctx is not None and any("--input" in getattr(p, "opts", ()) for p in ctx.command.params)
+        message = f"unexpected extra argument{'s' if len(words) > 1 else ''}: {' '.join(words)}"
+        if takes_input and len(words) == 1:
+            message += f"; to read a file give -i {words[0]}"
+    if ctx is None or not hasattr(exc, "ctx"):
+        return message
+    end = "" if message.endswith((".", "?")) else "."
+    return f"{message}{end} See '{ctx.command_path} --help'."
+
+
+def _choice_message(param: Any, message: str) -> str | None:
+    """``'norml' is not a choice for --v-head-init; did you mean 'normal'?`` for a choice option's bad value."""
+    import difflib
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    enums = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, enum.Enum)]
+    found = re.search(r"(?:'([^']*)'|\"([^\"]*)\") is not one of ", message)
+    if not enums or found is None:
+        return None
+    value = found.group(1) if found.group(1) is not None else found.group(2)
+    allowed = [str(m.value) for m in enums[0]]
+    option = max(getattr(param, "opts", None) or [str(param.name)], key=len)
+    close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(map(repr, allowed))}."
+    return f"{value!r} is not a choice for {option}; {hint}"
+
+
+def _fit_choices(record: tuple[str, str], width: int) -> tuple[str, str]:
+    """An option whose ``<a|b|...>`` choices would not fit a line of help lists them in its help text instead."""
+    name, help_text = record
+    found = re.search(r"<([^<>]*\|[^<>]*)>", name)
+    if found is None or len(name) + 2 <= width:  # it fits its line (the help then goes on the next)
+        return record
+    import textwrap
+
+    # a paragraph of its own, wrapped here between names (click would break `seq-cls` at its hyphen); `\b`
+    # keeps click from rewrapping it
+    listed = textwrap.fill(
+        "CHOICE: " + ", ".join(found.group(1).split("|")) + ".", width=width // 2 - 4, break_on_hyphens=False
+    )
+    return name.replace(found.group(0), "CHOICE"), f"{help_text}\n\n\b\n{listed}"
+
+
+def human_bytes(n: int) -> str:
+    """A size in binary units, one style for every command: ``714 B``, ``32.0 KiB``, ``1.5 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
 
 
 def examples(*lines: str) -> str:
@@ -232,10 +403,26 @@ class Out:
             self.result(line())
 
     def warn(self, message: str) -> None:
+        """``Warning: …`` on stderr, wrapped to the terminal between words (a path is never split)."""
         if not self.quiet:
             from rich.markup import escape
 
-            self.err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
+            text = self.fit(f"Warning: {message}")
+            self.err.print(f"[yellow]Warning:[/yellow]{escape(text[len('Warning:') :])}")
+
+    def note(self, message: str) -> None:
+        """A plain-text note on stderr (suppressed by --json and --quiet), wrapped like :meth:`warn`."""
+        if not (self.quiet or self.json_mode):
+            from rich.markup import escape
+
+            self.err.print(escape(self.fit(message)))
+
+    def fit(self, text: str) -> str:
+        """``text`` wrapped to stderr's width between words; a word longer than the width (a path) stays whole."""
+        import textwrap
+
+        width = max(int(self.err.width), 40)
+        return textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[int], Callable[[int], None]] | None]:
@@ -373,6 +560,8 @@ def handle_errors(fn: F) -> F:
             raise
         except BaseException as exc:
             message, code, kind, problems = _describe_failure(exc)
+            if kind.startswith("Hub"):  # a typo of a local folder reached the Hub: say so first
+                message = _local_typo(kwargs.values(), message) + message
             if json_mode:
                 doc = dict(_json_pending or {})
                 doc.update(error_doc(message, code=code, kind=kind, problems=problems))
@@ -383,6 +572,32 @@ def handle_errors(fn: F) -> F:
         return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _local_typo(args: Iterable[Any], message: str) -> str:
+    """``no local folder 'polcy' (did you mean 'policy'?); `` for an argument the Hub was asked for instead.
+
+    Only for a string argument the Hub message names, that is not an existing path, and whose folder holds a
+    folder with a close name: a plain Hub id (``org/name`` with no such local ``org``) gets no hint.
+    """
+    import difflib
+
+    for value in args:
+        if not isinstance(value, str) or f"'{value}'" not in message or Path(value).exists():
+            continue
+        path = Path(value)
+        parent = path.parent
+        try:
+            folders = [d.name for d in parent.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        except OSError:
+            continue
+        close = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.75)
+        if close:
+            near = str(parent / close[0]) if str(parent) != "." else close[0]
+            return f"no local folder {value!r} (did you mean {near!r}?); "
+        if str(parent) == ".":
+            return f"no local folder {value!r}; "
+    return ""
 
 
 def _flush_json(json_mode: bool) -> None:

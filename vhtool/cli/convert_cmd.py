@@ -165,7 +165,7 @@ def convert_command(
     for warning in result.warnings:
         out.warn(warning)
     for note in result.notes:
-        out.info(note)
+        out.note(note)
     if json_out:
         out.data(result.to_json())
         return

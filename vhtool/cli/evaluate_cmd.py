@@ -41,7 +41,7 @@ from vhtool.cli.score_cmd import (
     ReadoutOpt,
     _histogram_rows,
 )
-from vhtool.errors import VerificationError, VhtoolError
+from vhtool.errors import InputError, VerificationError, VhtoolError
 
 if TYPE_CHECKING:
     Join = Choice
@@ -49,10 +49,10 @@ else:
     Join = choice_enum("Join", JOIN_MODES)
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    """echo '{"prompt": "Hi.", "chosen": " Hello!", "rejected": " Go away."}' > pairs.jsonl""",
-    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl -o this.jsonl --require-accuracy 0",
-    "vhtool evaluate tiny-gpt2-value-head -i pairs.jsonl --compare this.jsonl --json",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    """echo '{"prompt": "Hi.", "chosen": " Hi!", "rejected": " Go."}' > pairs.jsonl""",
+    "vhtool evaluate policy -i pairs.jsonl -o this.jsonl --require-accuracy 0",
+    "vhtool evaluate policy -i pairs.jsonl --compare this.jsonl --json",
 )
 
 
@@ -169,6 +169,33 @@ def _summary_table(out: Out, s: Any) -> None:
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out.err.print(table)
+
+
+def _precheck(checkpoint: str, source: Any, options: Any, subset_field: str) -> None:
+    """What the files can tell before torch loads: a local JSONL's records (shape only, with --on-error fail),
+    an empty one, and a checkpoint that is an encoder-decoder or has no head (see vhtool score)."""
+    from vhtool.models.evaluate import parse_pair, read_pairs
+    from vhtool.models.scoring.inputs import record_shape
+    from vhtool.models.scoring.precheck import check_checkpoint_files
+    from vhtool.models.scoring.results import BadRecordError
+
+    if source.path is not None and source.kind() == "jsonl":
+        count = 0
+        for item in read_pairs(source):
+            count += 1
+            if options.on_error != "fail":
+                continue
+            try:
+                if item.error is not None:
+                    raise InputError(item.error)
+                for answer in parse_pair(item.payload, subset_field=subset_field).answers:
+                    record_shape(answer)
+            except InputError as exc:
+                where = f"{source.label()}: {source.unit} {item.line}"
+                raise BadRecordError(f"{where}: {exc}.", index=item.index, line=item.line) from None
+        if count == 0:
+            raise InputError(f"{source.label()}: no records to evaluate (the input is empty); nothing was written.")
+    check_checkpoint_files(checkpoint, options)
 
 
 @handle_errors
@@ -336,6 +363,20 @@ def evaluate_command(
         ),
     )
     source = source_from_arg(input_arg, split=split)
+    try:
+        if output is not None and not worker:  # the output first, as score does; only rank 0 writes it
+            from vhtool.checkpoint.atomic import AtomicFile
+            from vhtool.models.evaluate.run import check_eval_output
+
+            target = check_eval_output(
+                output, force=force, source=source, checkpoint=checkpoint, compare_with=compare_with
+            )
+            AtomicFile(target).discard()
+        _precheck(checkpoint, source, options, subset_field)
+    except VhtoolError as exc:
+        if worker:  # every rank finds the same; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
 
     collected: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, examples, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, RevisionOpt, examples, handle_errors, human_bytes
 from vhtool.errors import InputError, VerificationError
 
 EXAMPLES = examples(
@@ -119,15 +119,6 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -141,7 +132,7 @@ def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> Non
         + (f", role {escape(report.role)}" if report.role else "")
         + f") hidden {model.get('hidden_size')}, blocks: {blocks}"
     )
-    out.console.print(header)
+    out.console.print(header, soft_wrap=False)
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("group", overflow="fold")
     for col in ("tensors", "params"):
@@ -155,59 +146,81 @@ def _print_report(out: Out, report: InspectResult, *, show_tensors: bool) -> Non
             str(g.tensors),
             f"{g.params:,}",
             ",".join(g.dtypes) or "-",
-            _human_bytes(g.nbytes),
+            human_bytes(g.nbytes),
             escape(", ".join(g.marks)),
         )
     out.console.print(table)
     if show_tensors:
-        tt = Table(show_edge=False, pad_edge=False, title="tensors")
-        for col in ("name", "shape", "dtype", "params", "bytes", "file", "marks"):
-            folds = col in ("name", "file", "marks")
-            tt.add_column(
-                col,
-                min_width=min(48, max((len(t.name) for t in report.tensors), default=4)) if col == "name" else None,
-                justify="right" if col in ("params", "bytes") else "left",
-                overflow="fold" if folds else "ellipsis",
-                no_wrap=not folds,
-            )
-        for t in report.tensors:
-            tt.add_row(
-                escape(t.name),
-                escape(str(list(t.shape))),
-                t.dtype,
-                f"{t.params:,}",
-                _human_bytes(t.nbytes),
-                escape(t.file),
-                escape(", ".join(t.marks)),
-            )
-        out.console.print(tt)
+        _print_tensors(out, report)
     tot = report.totals
-    dtypes = ", ".join(f"{d} {_human_count(p)} ({_human_bytes(b)})" for d, (_, p, b) in sorted(tot.by_dtype.items()))
+    dtypes = ", ".join(f"{d} {_human_count(p)} ({human_bytes(b)})" for d, (_, p, b) in sorted(tot.by_dtype.items()))
     scope = f" matching {report.filter!r}" if report.filter else ""
     out.console.print(
         escape(
             f"Total{scope}: {tot.tensors} tensors, {tot.params:,} parameters ({_human_count(tot.params)}), "
-            f"{_human_bytes(tot.nbytes)}; by dtype: {dtypes or '-'}"
-        )
+            f"{human_bytes(tot.nbytes)}; by dtype: {dtypes or '-'}"
+        ),
+        soft_wrap=False,
     )
     vh = report.value_head
     status = "ok" if vh.ok else ("missing" if not vh.found else "PROBLEM: " + "; ".join(vh.problems))
-    out.console.print(escape(f"Value head: {vh.summary()} [{status}]"))
+    out.console.print(escape(f"Value head: {vh.summary()} [{status}]"), soft_wrap=False)
     for note in vh.notes:
         if note.startswith(("convention ", "trlx's hydra")):  # the framework's convention, readout, normalisation
             out.info(escape(note))
     if report.reward_adapter is not None:
-        out.console.print(escape(f"Reward adapter: {report.reward_adapter.summary()}"))
+        out.console.print(escape(f"Reward adapter: {report.reward_adapter.summary()}"), soft_wrap=False)
     if report.reference is not None:
         ref = report.reference
         out.console.print(
             escape(
                 f"Reference: frozen; shares {ref['shared_tensors']} tensors with its policy "
                 f"(shared_layers={ref['shared_layers']}, pattern={ref['pattern']})"
-            )
+            ),
+            soft_wrap=False,
         )
     for note in report.notes:
         out.info(escape(note))
+
+
+def _print_tensors(out: Out, report: InspectResult) -> None:
+    """Every tensor, one row each: a table when it fits the terminal, else a name line and an indented detail
+    line per tensor. A name or a file name is never split; one file for all is said once, in the title."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    files = sorted({t.file for t in report.tensors})
+    one_file = len(files) == 1
+    cols = ["name", "shape", "dtype", "params", "bytes"] + ([] if one_file else ["file"]) + ["marks"]
+    rows = [
+        {
+            "name": t.name,
+            "shape": str(list(t.shape)),
+            "dtype": t.dtype,
+            "params": f"{t.params:,}",
+            "bytes": human_bytes(t.nbytes),
+            "file": t.file,
+            "marks": ", ".join(t.marks),
+        }
+        for t in report.tensors
+    ]
+    title = f"tensors (all in {files[0]})" if one_file else "tensors"
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in cols}
+    if sum(widths.values()) + 3 * (len(cols) - 1) <= out.console.width:
+        tt = Table(show_edge=False, pad_edge=False, title=escape(title), title_justify="left")
+        for col in cols:
+            tt.add_column(col, justify="right" if col in ("params", "bytes") else "left", no_wrap=True)
+        for r in rows:
+            tt.add_row(*(escape(r[c]) for c in cols))
+        out.console.print(tt)
+        return
+    out.console.print(escape(title + ":"))  # too wide for a table: the name on its own line, whole
+    for r in rows:
+        out.console.print(escape(r["name"]), soft_wrap=True)
+        detail = [r["shape"], r["dtype"], f"{r['params']} params", r["bytes"]]
+        detail += [] if one_file else [r["file"]]
+        detail += [r["marks"]] if r["marks"] else []
+        out.console.print("    " + escape("  ".join(detail)), soft_wrap=True)
 
 
 def _print_diff(out: Out, d: DiffResult) -> None:

@@ -7,18 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors
+from vhtool.cli.common import JsonOpt, Out, QuietOpt, examples, handle_errors, human_bytes
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --dry-run --json",
-    "vhtool push tiny-gpt2-value-head my-name/tiny-gpt2-value-head --private --dry-run -q",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool push policy my-name/tiny-gpt2-value-head --dry-run",
+    "vhtool push policy my-name/tiny-gpt2-value-head --dry-run --json",
+    "vhtool push policy my-name/tiny-gpt2-value-head --private --dry-run -q",
 )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
 
 
 @handle_errors
@@ -110,24 +106,26 @@ def push_command(
         out.result(f"Plan for {escape(where)}: {escape(result.remote.note)}")
         width = max((len(f.status) for f in result.files), default=9)
         for f in result.files:
-            out.result(f"  {f.status:<{width}} {escape(f.path_in_repo):<48} {_mb(f.size):>12}")
+            out.result(f"  {f.status:<{width}} {escape(f.path_in_repo):<48} {human_bytes(f.size):>12}")
         for path, reason in result.skipped:
             out.info(f"  {'skipped':<{width}} {escape(path)} ({escape(reason)})")
         if not result.remote.checked:
             count = len(result.paths(NOT_CHECKED))
+            size = human_bytes(result.bytes_to_upload)
             out.result(
-                f"{count} file(s), {_mb(result.bytes_to_upload)} at most to upload; the remote was not checked, so "
-                "files it already has are not known."
+                f"{count} file(s), {size} at most to upload; the remote was not checked, so files it already has "
+                "are not known."
             )
             return
         verb = "nothing to push, remote is up to date" if result.nothing_to_push else "to upload"
-        out.result(f"{len(result.paths('added', 'changed'))} file(s), {_mb(result.bytes_to_upload)} {verb}.")
+        out.result(f"{len(result.paths('added', 'changed'))} file(s), {human_bytes(result.bytes_to_upload)} {verb}.")
         return
     if not result.pushed:
         out.result(f"Nothing to push, remote is up to date ({escape(where)}, {len(result.files)} file(s) unchanged).")
         return
+    size = human_bytes(result.bytes_to_upload)
     out.result(
-        f"Pushed {len(result.paths('added', 'changed'))} file(s) ({_mb(result.bytes_to_upload)}) to {escape(where)}; "
+        f"Pushed {len(result.paths('added', 'changed'))} file(s) ({size}) to {escape(where)}; "
         f"{len(result.paths('unchanged'))} unchanged, {len(result.paths('deleted'))} deleted."
     )
     out.result(f"Commit: {escape(result.pr_url or result.commit_url or '')}")

@@ -86,12 +86,16 @@ def make_reference_command(
             progress_factory=factory,
             durable=not no_fsync,
         )
-    what = (
-        "a full frozen copy (nothing shared)"
-        if result.shared_layers is None
-        else f"embeddings + {result.shared_layers} of {result.num_blocks} blocks shared ({result.pattern}, "
-        f"{len(result.shared_tensors)} tensors)"
-    )
+    n = len(result.shared_tensors)
+    tensors = f"{n} tensor{'' if n == 1 else 's'}"
+    if result.shared_layers is None:
+        what = "a full frozen copy (nothing shared)"
+    elif result.shared_layers == 0:  # only the embeddings: the count is theirs, not a block's
+        what = f"the embeddings shared ({tensors}), none of the {result.num_blocks} blocks ({result.pattern})"
+    else:
+        what = (
+            f"embeddings + {result.shared_layers} of {result.num_blocks} blocks shared ({result.pattern}, {tensors})"
+        )
     out.finish(
         result, notes=result.notes, line=lambda: f"Wrote reference {result.out}: {what} in {result.seconds:.2f} s."
     )

@@ -127,10 +127,10 @@ DistTimeoutOpt = Annotated[
 ]
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    "vhtool score tiny-gpt2-value-head --text 'Hello there.' --text 'Good night.'",
-    "printf 'first sample\\nsecond sample\\n' | vhtool score tiny-gpt2-value-head --input - -o scores.jsonl",
-    """echo '{"prompt": "Hi.", "completion": " Hello!"}' | vhtool score tiny-gpt2-value-head --input - --json""",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool score policy --text 'Hello there.' --text 'Good night.' --json",
+    "printf 'first\\nsecond\\n' | vhtool score policy -i - -o out.jsonl",
+    """echo '{"prompt": "Hi.", "completion": " Yo!"}' | vhtool score policy -i -""",
 )
 
 
@@ -236,8 +236,7 @@ def _summary_table(out: Out, summary: Any) -> None:
         rows.append(("ranks", f"{summary.ranks} (batches shared round-robin; speed is over all ranks)"))
     if summary.output:
         rows.append(("output", summary.output))
-    if out.show_progress:  # the histogram is for a person at a terminal; --json carries the same numbers
-        rows.extend(_histogram_rows(summary))
+    rows.extend(_histogram_rows(summary))  # the table is drawn on a terminal only; --json has the same numbers
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out.err.print(table)
@@ -323,7 +322,8 @@ def score_command(
     """Score records with the value head (at the last token) or the reward adapter; JSONL out, in input order.
 
     Records go to stdout (or -o FILE) as {"index", "score", "tokens"} lines, plus "truncated" when
-    --max-length cut the record and "values" with --per-token; the summary goes to stderr. With --json,
+    --max-length cut the record and "values" with --per-token; a summary table goes to stderr on a
+    terminal. With --json,
     stdout gets one object {"summary", "records", "skipped"} ("records" only without -o).
 
     With --on-error fail, a bad record stops the run with exit 2 and names its line. An -o FILE is written
@@ -374,12 +374,29 @@ def score_command(
     else:
         raise InputError("nothing to score: give --input FILE, --input - (stdin), or --text TEXT.")
 
+    # Everything the files can tell is told now, before torch and the model load (seconds): the records' shape,
+    # an empty input, an encoder-decoder, a missing head. Every rank checks the same files.
+    from vhtool.checkpoint.atomic import AtomicFile
+    from vhtool.models.scoring.precheck import precheck_score
+    from vhtool.models.scoring.run import check_output
+
+    try:
+        if output is not None and not worker:  # the output first, as every writing command does; rank 0 writes
+            AtomicFile(check_output(output, force=force, inputs=spec, checkpoint=checkpoint)).discard()
+        checked = precheck_score(checkpoint, spec, options)
+    except VhtoolError as exc:
+        if worker:  # every rank finds the same; rank 0 prints it
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    for note in checked.notes:
+        out.warn(note)
+
     collected: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
 
     def on_skip(rec: SkippedRecord) -> None:
         skipped.append({"index": rec.index, "line": rec.line, "reason": rec.reason})
-        out.warn(f"{spec.label()}: {rec.message()}; skipped.")
+        out.warn(f"{spec.where(rec.line)}: {rec.reason}; skipped.")
 
     def keep(rec: ScoredRecord) -> None:
         collected.append(rec.to_json())
@@ -432,5 +449,5 @@ def score_command(
         doc["skipped"] = skipped
         out.data(doc)
         return
-    if not quiet:
+    if out.show_progress:  # a person at a terminal; a script reads --json (the README's rule)
         _summary_table(out, summary)

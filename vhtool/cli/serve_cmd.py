@@ -32,9 +32,10 @@ else:
     LogFormat = choice_enum("LogFormat", ("text", "json"))
 
 EXAMPLES = examples(
-    "vhtool init builtin:tiny-gpt2",
-    "vhtool serve tiny-gpt2-value-head --port 0 --json > ready.json & "
-    "until [ -s ready.json ] || ! kill -0 $!; do sleep 0.1; done; cat ready.json; kill $! && wait $!",
+    "vhtool init builtin:tiny-gpt2 -o policy",
+    "vhtool serve policy --port 0 --json > ready.json & \\",
+    "  until [ -s ready.json ] || ! kill -0 $!; do sleep 0.1; done; \\",
+    "  cat ready.json; kill $! && wait $!",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,16 @@ EXAMPLES = examples(
     "vhtool verify tiny-gpt2-value-head --forward --hash",
     "vhtool verify tiny-gpt2-value-head --json",
 )
+
+
+def _builtin_names(text: str) -> str:
+    """``text`` with each built-in model's installed folder written ``builtin:NAME`` (a source a manifest records)."""
+    from vhtool.builtin import BUILTIN_PREFIX, builtin_path, list_builtin
+
+    for name in sorted(list_builtin(), key=len, reverse=True):  # tiny-gpt2-x before tiny-gpt2
+        ref = name if name.startswith(BUILTIN_PREFIX) else BUILTIN_PREFIX + name
+        text = text.replace(str(builtin_path(ref)), ref)
+    return text
 
 
 @handle_errors
@@ -65,7 +76,18 @@ def verify_command(
     from vhtool.hub import resolve_source
 
     out = Out(json_mode=json_out, quiet=quiet)
-    result = verify_checkpoint(resolve_source(checkpoint).path, hash_all=hash_all, allow_pickle=allow_pickle)
+    where = resolve_source(checkpoint).path
+    result = verify_checkpoint(where, hash_all=hash_all, allow_pickle=allow_pickle)
+
+    def shown(text: str) -> str:
+        """``text`` naming models as the user does (``builtin:tiny-gpt2``, a Hub id), not by installed paths."""
+        path = str(where)
+        if path != checkpoint and not Path(checkpoint).exists():
+            for suffix in ("-value-head", "-reinit"):  # the suggested -o: a folder here, named after the model
+                text = text.replace(path + suffix, Path(path).name + suffix)
+            text = text.replace(path, checkpoint)
+        return _builtin_names(text)
+
     if forward:  # the file checks need no torch; the forward check is the torch world's
         from vhtool.models.smoke import verify_forward
 
@@ -75,15 +97,17 @@ def verify_command(
     else:
         width = max(len(c.name) for c in result.checks)
         for c in result.checks:
-            out.result(escape(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}"))
+            out.result(escape(shown(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}")))
         for note in result.notes:
-            out.info(escape(f"note: {note}"))
+            out.info(escape(shown(f"note: {note}")))
         if result.ok:
-            out.result(escape(f"{result.path}: all {len(result.checks)} checks passed."))
+            out.result(escape(shown(f"{result.path}: all {len(result.checks)} checks passed.")))
     if not result.ok:
         failed = result.failures
         raise VerificationError(
-            f"{result.path}: {len(failed)} of {len(result.checks)} checks failed: "
-            + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+            shown(
+                f"{result.path}: {len(failed)} of {len(result.checks)} checks failed: "
+                + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+            ),
             problems=[c.name for c in failed],
         )

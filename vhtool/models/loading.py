@@ -338,7 +338,26 @@ def own_load_report() -> Iterator[None]:
     log = logging.getLogger(_REPORT_LOGGER)
     drop = _DropLoadReport()
     log.addFilter(drop)
+    bars = _loading_bar_off()
     try:
         yield
     finally:
         log.removeFilter(drop)
+        if bars is not None:
+            bars()
+
+
+def _loading_bar_off() -> Any:
+    """Turns transformers' "Loading weights" bar off for one load; returns the undo (``None``: nothing done).
+
+    A library's load prints nothing but real problems (which warn). The bar shows when the user asked for the
+    libraries' output: ``VHTOOL_DEBUG`` or their own ``TRANSFORMERS_VERBOSITY``.
+    """
+    if os.environ.get("VHTOOL_DEBUG", "") not in ("", "0", "false") or "TRANSFORMERS_VERBOSITY" in os.environ:
+        return None
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        return None
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    return hf_logging.enable_progress_bar

@@ -223,7 +223,7 @@ class _RankRun:
                 window = next(window_iter, None)
                 if window is None:
                     return "done", None
-                prepared, good, lengths, plan = plan_window(scorer, window, options, self.inputs.label())
+                prepared, good, lengths, plan = plan_window(scorer, window, options, self.inputs)
                 current = (prepared, lengths, plan)
                 mine = [b for b in range(len(plan)) if (first_batch + b) % world == rank]
                 try:

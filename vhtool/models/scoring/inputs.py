@@ -55,6 +55,11 @@ class InputSpec:
             return str(self.path)
         return "stdin" if self.stream is not None else "--text"
 
+    def where(self, line: int) -> str:
+        """Where record ``line`` is, for a message: ``data.jsonl: line 3``, ``stdin: line 3``, or ``--text 3``
+        (the third ``--text``: an argument has no line)."""
+        return f"--text {line}" if self.texts is not None else f"{self.label()}: line {line}"
+
 
 def _sniff(first: str | None) -> str:
     """JSONL when the first non-empty line is a JSON object or array (an array line is then a bad record,
@@ -143,6 +148,70 @@ def _items(
         index += 1
 
 
+def record_shape(payload: Any) -> tuple[str, Any]:
+    """What a record asks to score, checked without a tokenizer: ``(kind, value)``.
+
+    ``kind`` is ``text`` (value the string), ``ids`` (value the list of ints), or ``pair`` (value the
+    ``(prompt, completion)``, each a string or a list of chat messages). Everything here is checked before
+    a model loads; what needs the model (the vocabulary, the length, the join) is checked by the preparer.
+
+    Raises:
+        InputError: the record's reason, as the user should read it after ``line N:``.
+    """
+    if isinstance(payload, str):
+        if not payload.strip():
+            raise InputError("empty text")
+        return "text", payload
+    if not isinstance(payload, dict):
+        raise InputError(f"expected a JSON object, got {type(payload).__name__}")
+    present = [k for k in ("text", "prompt", "completion", "input_ids") if k in payload]
+    kinds = {"prompt" if k == "completion" else k for k in present}
+    if not kinds:
+        raise InputError("no text, prompt + completion, or input_ids field")
+    if len(kinds) > 1:
+        raise InputError(
+            f"ambiguous record: it has {', '.join(present)}; give exactly one of text, prompt + completion "
+            "or input_ids"
+        )
+    field_name = kinds.pop()
+    if field_name == "input_ids":
+        ids = payload["input_ids"]
+        if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
+            raise InputError("input_ids must be a list of integers")
+        if not ids:
+            raise InputError("empty input_ids")
+        return "ids", ids
+    if field_name == "text":
+        text = payload["text"]
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError("empty text")
+        return "text", text
+    if "prompt" not in payload or "completion" not in payload:
+        missing = "completion" if "prompt" in payload else "prompt"
+        raise InputError(f"has {'prompt' if missing == 'completion' else 'completion'} but no {missing}")
+    for name, part in (("prompt", payload["prompt"]), ("completion", payload["completion"])):
+        if not isinstance(part, str) and not is_chat(part):
+            raise InputError(f"{name} must be a string or a list of chat messages")
+    return "pair", (payload["prompt"], payload["completion"])
+
+
+def is_chat(part: Any) -> bool:
+    """Whether ``part`` is a list of chat messages (``{"role", "content"}`` objects)."""
+    return isinstance(part, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in part)
+
+
+def looks_like_jsonl(line: str) -> bool:
+    """Whether a line of a plain-text input parses as a JSON object (JSONL read as text by its suffix)."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 def count_records(spec: InputSpec, input_format: str = "auto") -> int | None:
     """How many records ``spec`` holds, for a progress total: ``None`` for a stream (it can be read once only).
 
@@ -163,4 +232,14 @@ def count_records(spec: InputSpec, input_format: str = "auto") -> int | None:
         return None
 
 
-__all__ = ["JSONL_SUFFIXES", "TEXT_SUFFIXES", "InputItem", "InputSpec", "count_records", "read_inputs"]
+__all__ = [
+    "JSONL_SUFFIXES",
+    "TEXT_SUFFIXES",
+    "InputItem",
+    "InputSpec",
+    "count_records",
+    "is_chat",
+    "looks_like_jsonl",
+    "read_inputs",
+    "record_shape",
+]

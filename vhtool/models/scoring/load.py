@@ -97,11 +97,7 @@ def load_for_scoring(checkpoint: str, *, options: ScoreOptions, local_rank: int 
     except (OSError, ValueError) as exc:
         raise InputError(f"{checkpoint}: not a model checkpoint ({exc}).") from None
     if getattr(config, "is_encoder_decoder", False):
-        raise InputError(
-            f"{checkpoint} is an encoder-decoder ({config.model_type}); `vhtool score` scores causal LMs "
-            "only (for a seq2seq model it is not defined what the decoder would read). Score the decoder "
-            "outputs with the Python API instead."
-        )
+        raise encoder_decoder_refusal(checkpoint, config.model_type)
     max_positions = _max_positions(config)
     limit = options.max_length
     if limit is not None and max_positions is not None and limit > max_positions:
@@ -470,10 +466,7 @@ def _choose_head(model: Any, options: ScoreOptions, checkpoint: str) -> tuple[st
             f"{checkpoint} has no reward adapter; attach one with `vhtool attach-reward-adapter` or use --head value."
         )
     if head == "value" and not model.v_head_loaded:
-        raise InputError(
-            f"{checkpoint} has no value-head weights (v_head.*): its values would come from a random head. "
-            "Create a value-head checkpoint with `vhtool init`" + (", or use --head reward." if has_adapter else ".")
-        )
+        raise no_value_head_refusal(checkpoint, has_adapter=has_adapter)
     if head == "reward" and options.device_map is not None:
         # PEFT copies adapter weights into the loaded parameters; an offloaded layer's are on the meta
         # device, so the copy is a silent no-op and the scores would be garbage: refuse instead.
@@ -485,6 +478,23 @@ def _choose_head(model: Any, options: ScoreOptions, checkpoint: str) -> tuple[st
                 "offload), score --head value, or score without --device-map."
             )
     return head, reason
+
+
+def encoder_decoder_refusal(checkpoint: str, model_type: str) -> InputError:
+    """The refusal of an encoder-decoder (said from its config, before the load when the files are local)."""
+    return InputError(
+        f"{checkpoint} is an encoder-decoder ({model_type}); `vhtool score` scores causal LMs "
+        "only (for a seq2seq model it is not defined what the decoder would read). Score the decoder "
+        "outputs with the Python API instead."
+    )
+
+
+def no_value_head_refusal(checkpoint: str, *, has_adapter: bool) -> InputError:
+    """The refusal of a value head that is not in the checkpoint (said from headers when the files are local)."""
+    return InputError(
+        f"{checkpoint} has no value-head weights (v_head.*): its values would come from a random head. "
+        "Create a value-head checkpoint with `vhtool init`" + (", or use --head reward." if has_adapter else ".")
+    )
 
 
 def _choose_classifier_head(kind: str, options: ScoreOptions, checkpoint: str) -> tuple[str, str]:
@@ -509,8 +519,10 @@ __all__ = [
     "LoadedModel",
     "base_model",
     "classifier_kind",
+    "encoder_decoder_refusal",
     "head_module",
     "load_for_scoring",
+    "no_value_head_refusal",
     "pick_device",
     "torch_dtype",
     "valid_pad_id",

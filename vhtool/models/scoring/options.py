@@ -106,8 +106,6 @@ def parse_max_memory(text: str) -> dict[int | str, int]:
     Raises:
         InputError: the text is not of that form.
     """
-    from accelerate.utils import convert_file_size_to_int
-
     hint = "give DEVICE=SIZE pairs, e.g. cpu=200MB,0=20GiB, or a JSON object"
     body = text.strip()
     pairs: list[tuple[Any, Any]] = []
@@ -137,7 +135,7 @@ def parse_max_memory(text: str) -> dict[int | str, int]:
             elif isinstance(value, str) and value.strip().isdigit():
                 size = int(value)
             elif isinstance(value, str):
-                size = int(convert_file_size_to_int(value.strip()))
+                size = _size(value)
             else:
                 raise ValueError(value)
         except ValueError:
@@ -146,6 +144,34 @@ def parse_max_memory(text: str) -> dict[int | str, int]:
             raise InputError(f"--max-memory: the size for {str(key)!r} must be positive.")
         out[device] = size
     return out
+
+
+#: ``--max-memory`` units: the decimal ones are powers of 1000, the binary ones of 1024 (as accelerate reads them).
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def _size(text: str) -> int:
+    """``200MB`` -> 200000000, ``1.5GiB`` -> 1610612736 (no accelerate import: options are checked before torch).
+
+    Raises:
+        ValueError: not a number with one of the units of :data:`_UNITS`.
+    """
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if found is None or found.group(2).upper() not in _UNITS:
+        raise ValueError(text)
+    return int(float(found.group(1)) * _UNITS[found.group(2).upper()])
 
 
 __all__ = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhtool.errors import InputError
-from vhtool.models.scoring.inputs import InputItem
+from vhtool.models.scoring.inputs import InputItem, is_chat, record_shape
 
 
 @dataclass
@@ -79,42 +79,15 @@ class RecordPreparer:
 
     def _extract(self, payload: Any) -> tuple[str, Any]:
         """``(kind, value)``: kind ``text``/``concat``/``chat`` (value a string) or ``ids`` (a list of ints)."""
-        if isinstance(payload, str):
-            if not payload.strip():
-                raise InputError("empty text")
-            return "text", payload
-        assert isinstance(payload, dict)
-        present = [k for k in ("text", "prompt", "completion", "input_ids") if k in payload]
-        kinds = {"prompt" if k == "completion" else k for k in present}
-        if not kinds:
-            raise InputError("no text, prompt + completion, or input_ids field")
-        if len(kinds) > 1:
-            raise InputError(
-                f"ambiguous record: it has {', '.join(present)}; give exactly one of text, prompt + completion "
-                "or input_ids"
-            )
-        field_name = kinds.pop()
-        if field_name == "input_ids":
-            ids = payload["input_ids"]
-            if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
-                raise InputError("input_ids must be a list of integers")
-            if not ids:
-                raise InputError("empty input_ids")
-            bad = [x for x in ids if not 0 <= x < self.vocab_rows]
+        kind, value = record_shape(payload)  # what needs no model, checked before one loads too
+        if kind == "ids":
+            bad = [x for x in value if not 0 <= x < self.vocab_rows]
             if bad:
                 raise InputError(f"input_ids has id {bad[0]}, outside the model's vocabulary [0, {self.vocab_rows})")
-            return "ids", ids
-        if field_name == "text":
-            text = payload["text"]
-            if not isinstance(text, str):
-                raise InputError(f"text must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise InputError("empty text")
-            return "text", text
-        if "prompt" not in payload or "completion" not in payload:
-            missing = "completion" if "prompt" in payload else "prompt"
-            raise InputError(f"has {'prompt' if missing == 'completion' else 'completion'} but no {missing}")
-        prompt, completion = payload["prompt"], payload["completion"]
+            return "ids", value
+        if kind == "text":
+            return "text", value
+        prompt, completion = value
         if self.join == "concat":  # as given, no separator added (as TRL does): the data carries its spaces
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 raise InputError("--join concat needs prompt and completion strings")
@@ -153,7 +126,7 @@ class RecordPreparer:
 def _messages(part: Any, role: str) -> list[dict[str, Any]]:
     if isinstance(part, str):
         return [{"role": role, "content": part}]
-    if isinstance(part, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in part):
+    if is_chat(part):
         return list(part)
     raise InputError(f"{'prompt' if role == 'user' else 'completion'} must be a string or a list of chat messages")
 

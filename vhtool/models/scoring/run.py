@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vhtool.checkpoint.atomic import AtomicFile
 from vhtool.checkpoint.target import check_output_target
+from vhtool.errors import InputError
 from vhtool.models.scoring.engine import Scorer
 from vhtool.models.scoring.inputs import InputItem, InputSpec, read_inputs
 from vhtool.models.scoring.options import ScoreOptions
@@ -30,12 +31,12 @@ def validate_all(scorer: Scorer, spec: InputSpec, options: ScoreOptions) -> None
     for window in windows(items, options.window):
         for p in scorer.prepare(window):
             if p.error is not None:
-                raise bad_record(spec.label(), p)
+                raise bad_record(spec, p)
 
 
-def bad_record(label: str, p: Prepared) -> BadRecordError:
-    """The error for a record that cannot be scored, naming the input and the record's line."""
-    return BadRecordError(f"{label}: line {p.item.line}: {p.error}.", index=p.item.index, line=p.item.line)
+def bad_record(spec: InputSpec, p: Prepared) -> BadRecordError:
+    """The error for a record that cannot be scored, naming the input and the record's line (or ``--text N``)."""
+    return BadRecordError(f"{spec.where(p.item.line)}: {p.error}.", index=p.item.index, line=p.item.line)
 
 
 def check_output(
@@ -113,7 +114,7 @@ def score_dataset(
         phase("scoring")
         tally = Tally()
         for window in windows(items, options.window):
-            prepared, good, lengths, plan = plan_window(scorer, window, options, inputs.label())
+            prepared, good, lengths, plan = plan_window(scorer, window, options, inputs)
             results = score_batches(scorer, good, plan, range(len(plan)), progress)  # progress batch by batch
             tally.add_window(
                 prepared,
@@ -126,6 +127,8 @@ def score_dataset(
                 progress=progress,
                 scored_progress=False,
             )
+        if tally.stats.count + tally.skipped == 0:  # stdin (a file was refused before the load): no 0-byte output
+            raise InputError(f"{inputs.label()}: no records to score (the input is empty); nothing was written.")
         summary = tally.summary(scorer, fmt)
         if out_file is not None and output is not None:
             phase("writing")
@@ -143,7 +146,7 @@ def with_output(summary: ScoreSummary, output: str) -> ScoreSummary:
 
 
 def plan_window(
-    scorer: Scorer, window: Sequence[InputItem], options: ScoreOptions, label: str
+    scorer: Scorer, window: Sequence[InputItem], options: ScoreOptions, spec: InputSpec
 ) -> tuple[list[Prepared], list[Prepared], list[int], list[list[int]]]:
     """Tokenises a window and plans its batches: ``(prepared, good, lengths of good, batches of good positions)``.
 
@@ -156,7 +159,7 @@ def plan_window(
         if p.error is None:
             good.append(p)
         elif options.on_error == "fail":
-            raise bad_record(label, p)
+            raise bad_record(spec, p)
     lengths = [len(p.ids or ()) for p in good]
     plan = plan_batches(lengths, max_batch_tokens=options.max_batch_tokens, batch_size=options.batch_size)
     return prepared, good, lengths, plan
