@@ -10,23 +10,38 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vhtool.choices import DEVICE_MAPS, DEVICES, DTYPES, HEADS, JOIN_MODES
-from vhtool.cli.common import Choice, JsonOpt, Out, QuietOpt, choice_enum, examples, handle_errors, write_json
+from vhtool.choices import JOIN_MODES
+from vhtool.cli.common import (
+    AllowMissingOpt,
+    Choice,
+    JsonOpt,
+    Out,
+    QuietOpt,
+    choice_enum,
+    examples,
+    handle_errors,
+    write_json,
+)
+from vhtool.cli.score_cmd import (  # score's model options, declared once
+    AllowPickleOpt,
+    Device,
+    DeviceMapOpt,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    HeadOpt,
+    MaxMemoryOpt,
+    NoNormalizeOpt,
+    OffloadFolderOpt,
+    ReadoutOpt,
+)
 
 if TYPE_CHECKING:
-    Head = Choice
     Join = Choice
-    DType = Choice
-    Device = Choice
-    DeviceMap = Choice
     OnOverlong = Choice
     LogFormat = Choice
 else:
-    Head = choice_enum("Head", HEADS)
     Join = choice_enum("Join", JOIN_MODES)
-    DType = choice_enum("DType", DTYPES)
-    Device = choice_enum("Device", DEVICES)
-    DeviceMap = choice_enum("DeviceMap", DEVICE_MAPS)
     # kept here (not imported from vhtool.serve) so that `vhtool --help` does not import the serve room
     OnOverlong = choice_enum("OnOverlong", ("truncate", "reject"))
     LogFormat = choice_enum("LogFormat", ("text", "json"))
@@ -103,32 +118,16 @@ def serve_command(
             show_envvar=True,
         ),
     ] = None,
-    head: Annotated[
-        Head | None,
-        typer.Option(
-            "--head",
-            help="The reward adapter's score or the value head's (default: as `vhtool score` chooses).",
-            show_default=False,
-        ),
-    ] = None,
-    dtype: Annotated[DType, typer.Option("--dtype", help="Compute dtype (auto: the checkpoint's).")] = DType(
-        "float32"
-    ),
-    device: Annotated[Device, typer.Option("--device", help="Where to compute (auto: cuda if available).")] = Device(
-        "auto"
-    ),
-    device_map: Annotated[
-        DeviceMap | None,
-        typer.Option(
-            "--device-map",
-            help="Big-model loading (accelerate): one model split over the GPUs (and offloaded) as needed.",
-            show_default=False,
-        ),
-    ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option("--max-memory", metavar="CAPS", help="With --device-map: a cap per device.", show_default=False),
-    ] = None,
+    head: HeadOpt = None,
+    dtype: DTypeOpt = DType("float32"),
+    device: DeviceOpt = Device("auto"),
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    readout: ReadoutOpt = None,
+    no_normalize: NoNormalizeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    allow_missing: AllowMissingOpt = False,
     max_length: Annotated[
         int | None,
         typer.Option(
@@ -204,6 +203,11 @@ def serve_command(
         device=device.value,
         device_map=None if device_map is None else device_map.value,
         max_memory=max_memory,
+        offload_folder=offload_folder,
+        readout=None if readout is None else readout.value,
+        normalize=not no_normalize,
+        allow_pickle=allow_pickle,
+        allow_missing=allow_missing,
         per_token=True,  # /score may ask for per-token values; the other routes ignore them
         max_batch_tokens=max_batch_tokens,
         batch_size=max_batch_size,
