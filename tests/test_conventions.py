@@ -507,3 +507,20 @@ def test_score_a_framework_checkpoint_by_hub_id(
         api.upload_folder(repo_id=repo, folder_path=str(sources[kind]))
         options = {"allow_pickle": True} if kind == "deepspeed-chat" else {}
         assert vhtool_scores(repo, **options) == pytest.approx(expected[kind], abs=TOL), kind
+
+
+def test_header_level_convert_refuses_a_class_transformers_does_not_have(tmp_path: Path) -> None:
+    """OPT has no ...ForTokenClassification: the header-level path refuses it too (it wrote the name before)."""
+    opt = F.tiny_opt(tmp_path / "opt")
+    runner = CliRunner()
+    policy = tmp_path / "policy"
+    assert runner.invoke(app, ["init", str(opt), "-o", str(policy), "-q"]).exit_code == 0
+    before = tree_bytes(policy)
+    res = runner.invoke(app, ["convert", str(policy), "--to", "token-cls", "-o", str(tmp_path / "tc")])
+    assert res.exit_code == 2 and "transformers has no OPTForTokenClassification" in res.stderr, res.output
+    assert "convert --to seq-cls" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "tc").exists() and tree_bytes(policy) == before
+    res = runner.invoke(app, ["convert", str(policy), "--to", "seq-cls", "-o", str(tmp_path / "sc")])  # the suggestion
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "sc" / "config.json").read_text())
+    assert config["architectures"] == ["OPTForSequenceClassification"]

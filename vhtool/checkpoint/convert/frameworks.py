@@ -457,9 +457,9 @@ def write_target(
             arch = target_architecture(dict(canon.config), to)
             if arch is None:
                 raise InputError(f"cannot name the {to} class of model_type {canon.config.get('model_type')!r}.")
-            import transformers
+            from vhtool.checkpoint.convert.naming import transformers_has
 
-            if not hasattr(transformers, arch):  # OPT has no ...ForTokenClassification, for one
+            if not transformers_has(arch):  # OPT has no ...ForTokenClassification, for one
                 raise InputError(
                     f"--to {to}: transformers has no {arch}, so nothing could load the result; "
                     f"convert --to {'seq-cls' if to == 'token-cls' else 'token-cls'} or vhtool instead."

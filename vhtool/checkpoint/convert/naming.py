@@ -44,6 +44,17 @@ _STEMS = {
 _CLASSIFIER_FAMILIES = frozenset({"gpt2", "gpt_neo", "gpt_neox", "gpt_bigcode", "bloom", "falcon", "mpt", "biogpt"})
 
 
+def transformers_has(class_name: str) -> bool:
+    """Whether the installed transformers has a class called ``class_name``, without importing torch.
+
+    transformers' lazy top-level module lists every class it can import; a name it does not list can never be
+    loaded (OPT has no ``OPTForTokenClassification``, for one).
+    """
+    import transformers
+
+    return class_name in dir(transformers)
+
+
 def target_architecture(config: dict[str, Any], target: str) -> str | None:
     """The transformers class name for ``target`` in ``config``'s family, or None when it cannot be named.
 

@@ -18,6 +18,7 @@ from vhtool.checkpoint.convert.naming import (
     default_head_name,
     target_config,
     target_head_keys,
+    transformers_has,
 )
 from vhtool.checkpoint.convert.weights import HeadSource, head_source, source_header, source_tensor
 from vhtool.checkpoint.copyio import hash_file
@@ -149,6 +150,12 @@ def plan_conversion(
         )
     if to in CLASSIFIER_TARGETS and "architectures" not in config:
         warnings.append("could not name the target class for this family; config.json has no `architectures`")
+    elif to in CLASSIFIER_TARGETS and not transformers_has(config["architectures"][0]):
+        other = "seq-cls" if to == "token-cls" else "token-cls"
+        raise InputError(
+            f"--to {to}: transformers has no {config['architectures'][0]}, so nothing could load the result; "
+            f"convert --to {other} or vhtool instead."
+        )
 
     return Plan(
         det=det,
