@@ -485,6 +485,46 @@ def test_long_warnings_wrap_between_words(small_policy: Path, tmp_path: Path) ->
     assert sizes and {unit for _, unit in sizes} <= {"B", "KiB", "MiB", "GiB"}  # inspect-layers' units
 
 
+def test_result_lines_wrap_on_a_terminal_and_stay_whole_on_a_pipe(small_policy: Path, tmp_path: Path) -> None:
+    """convert's "Wrote …" line is longer than 80 columns: wrapped between words on a terminal, one line on a pipe."""
+    import pty
+
+    env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1"}
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [VHTOOL, "convert", str(small_policy), "--to", "seq-cls", "-o", "tty-out"],
+            stdout=slave,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=tmp_path,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the pty's other side is closed: everything was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    lines = [line for line in b"".join(chunks).decode().replace("\r", "").splitlines() if line.strip()]
+    wrote = [i for i, line in enumerate(lines) if line.startswith("Wrote ")]
+    assert wrote and len(lines) > wrote[0] + 1 and all(len(line) <= 80 for line in lines), lines
+    res = subprocess.run(
+        [VHTOOL, "convert", str(small_policy), "--to", "seq-cls", "-o", "pipe-out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 1 and len(res.stdout) > 81, res.stdout
+
+
 @pytest.mark.slow
 def test_python_recipes_print_only_their_own_output(small_policy: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "VHTOOL_DEBUG")}

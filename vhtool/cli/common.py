@@ -389,8 +389,11 @@ class Out:
             self.err.print(message)
 
     def result(self, message: str) -> None:
-        """A human-readable result line on stdout (suppressed by --json and --quiet)."""
+        """A human-readable result line on stdout (suppressed by --json and --quiet); on a terminal it is wrapped
+        between words like :meth:`warn` (a pipe gets it on one line, for scripts that read it)."""
         if not (self.quiet or self.json_mode):
+            if self.console.is_terminal:
+                message = self.fit(message, width=int(self.console.width))
             self.console.print(message)
 
     def finish(self, result: Any, *, notes: Iterable[str], line: Callable[[], str]) -> None:
@@ -417,11 +420,11 @@ class Out:
 
             self.err.print(escape(self.fit(message)))
 
-    def fit(self, text: str) -> str:
-        """``text`` wrapped to stderr's width between words; a word longer than the width (a path) stays whole."""
+    def fit(self, text: str, *, width: int | None = None) -> str:
+        """``text`` wrapped to ``width`` (default: stderr's) between words; a longer word (a path) stays whole."""
         import textwrap
 
-        width = max(int(self.err.width), 40)
+        width = max(int(self.err.width) if width is None else width, 40)
         return textwrap.fill(text, width=width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
     @contextmanager
