@@ -40,6 +40,7 @@ from vhtool.cli.score_cmd import (
     OnErrorOpt,
     ReadoutOpt,
     _histogram_rows,
+    score_options,
 )
 from vhtool.errors import InputError, VerificationError, VhtoolError
 
@@ -329,28 +330,27 @@ def evaluate_command(
     the one output, byte-identical to a single process's.
     """
     from vhtool.models.evaluate import EvalOptions, Gate, PairResult, evaluate_pairs, source_from_arg
-    from vhtool.models.scoring.options import ScoreOptions
     from vhtool.models.scoring.ranks import detect_distributed
     from vhtool.models.scoring.results import SkippedRecord
 
     env = detect_distributed()
     worker = env is not None and env.rank != 0
     out = Out(json_mode=json_out, quiet=quiet or worker)
-    options = ScoreOptions(
-        head=None if head is None else head.value,
+    options = score_options(
+        head=head,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         max_length=max_length,
-        join=None if join is None else join.value,
-        dtype=dtype.value,
-        device=device.value,
-        on_error=on_error.value,
-        device_map=None if device_map is None else device_map.value,
+        join=join,
+        dtype=dtype,
+        device=device,
+        on_error=on_error,
+        device_map=device_map,
         max_memory=max_memory,
         offload_folder=offload_folder,
         allow_missing=allow_missing,
-        readout=None if readout is None else readout.value,
-        normalize=not no_normalize,
+        readout=readout,
+        no_normalize=no_normalize,
         allow_pickle=allow_pickle,
     )
     eval_options = EvalOptions(

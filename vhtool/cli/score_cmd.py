@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -27,6 +28,8 @@ from vhtool.cli.common import (
 from vhtool.errors import InputError, VhtoolError
 
 if TYPE_CHECKING:
+    from vhtool.models.scoring.options import ScoreOptions
+
     Head = Choice
     Join = Choice
     DType = Choice
@@ -125,6 +128,16 @@ DistTimeoutOpt = Annotated[
         help="Under torchrun/accelerate launch: seconds a rank waits for the others before the run fails.",
     ),
 ]
+
+
+def score_options(*, no_normalize: bool = False, **parsed: Any) -> ScoreOptions:
+    """The engine's options from the parsed model options of `score`, `evaluate` and `serve`, one translation:
+    a choice becomes its value, `--no-normalize` becomes ``normalize=False``."""
+    from vhtool.models.scoring.options import ScoreOptions
+
+    values = {k: v.value if isinstance(v, enum.Enum) else v for k, v in parsed.items()}
+    return ScoreOptions(normalize=not no_normalize, **values)
+
 
 EXAMPLES = examples(
     "vhtool init builtin:tiny-gpt2 -o policy",
@@ -336,7 +349,6 @@ def score_command(
     """
     from vhtool.models.scoring.distributed import score_dataset_distributed
     from vhtool.models.scoring.inputs import InputSpec
-    from vhtool.models.scoring.options import ScoreOptions
     from vhtool.models.scoring.ranks import detect_distributed
     from vhtool.models.scoring.results import ScoredRecord, ScoreSummary, SkippedRecord
     from vhtool.models.scoring.run import score_dataset
@@ -344,23 +356,23 @@ def score_command(
     env = detect_distributed()
     worker = env is not None and env.rank != 0  # ranks other than 0 print nothing: rank 0 speaks for the job
     out = Out(json_mode=json_out, quiet=quiet or worker)
-    options = ScoreOptions(
-        head=None if head is None else head.value,
+    options = score_options(
+        head=head,
         per_token=per_token,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         max_length=max_length,
-        join=None if join is None else join.value,
-        dtype=dtype.value,
-        device=device.value,
-        on_error=on_error.value,
-        input_format=input_format.value,
-        device_map=None if device_map is None else device_map.value,
+        join=join,
+        dtype=dtype,
+        device=device,
+        on_error=on_error,
+        input_format=input_format,
+        device_map=device_map,
         max_memory=max_memory,
         offload_folder=offload_folder,
         allow_missing=allow_missing,
-        readout=None if readout is None else readout.value,
-        normalize=not no_normalize,
+        readout=readout,
+        no_normalize=no_normalize,
         allow_pickle=allow_pickle,
     )
     if input_file is not None and text:

@@ -22,7 +22,7 @@ from vhtool.cli.common import (
     handle_errors,
     write_json,
 )
-from vhtool.cli.score_cmd import (  # score's model options, declared once
+from vhtool.cli.score_cmd import (  # score's model options, declared once, and their one translation
     AllowPickleOpt,
     Device,
     DeviceMapOpt,
@@ -34,6 +34,7 @@ from vhtool.cli.score_cmd import (  # score's model options, declared once
     NoNormalizeOpt,
     OffloadFolderOpt,
     ReadoutOpt,
+    score_options,
 )
 
 if TYPE_CHECKING:
@@ -190,22 +191,21 @@ def serve_command(
     the bound address on stdout (so --port 0 can be used from scripts). SIGTERM or Ctrl-C: stop accepting,
     answer the requests already received (up to --drain-timeout), exit 0. See docs/serve.md.
     """
-    from vhtool.models.scoring.options import ScoreOptions
     from vhtool.serve.options import ServeOptions
     from vhtool.serve.server import Ready, serve
 
     out = Out(json_mode=json_out, quiet=quiet)
-    score_options = ScoreOptions(
-        head=None if head is None else head.value,
+    model_options = score_options(
+        head=head,
         max_length=max_length,
-        join=None if join is None else join.value,
-        dtype=dtype.value,
-        device=device.value,
-        device_map=None if device_map is None else device_map.value,
+        join=join,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
         max_memory=max_memory,
         offload_folder=offload_folder,
-        readout=None if readout is None else readout.value,
-        normalize=not no_normalize,
+        readout=readout,
+        no_normalize=no_normalize,
         allow_pickle=allow_pickle,
         allow_missing=allow_missing,
         per_token=True,  # /score may ask for per-token values; the other routes ignore them
@@ -252,7 +252,7 @@ def serve_command(
         if name == "loading the model" and not (quiet or json_out):
             out.info(f"Loading {checkpoint} ...")
 
-    unanswered = serve(checkpoint, score_options=score_options, options=options, on_ready=ready, on_phase=phase)
+    unanswered = serve(checkpoint, score_options=model_options, options=options, on_ready=ready, on_phase=phase)
     if unanswered:
         out.warn(f"--drain-timeout {drain_timeout:g} s ran out: {unanswered} queued texts were not scored.")
     if not quiet:

@@ -147,19 +147,20 @@ def hub_errors(
     )
 
     transport = transport_errors()
+
+    def offline() -> HubUnavailableError:
+        """The one error of offline mode (a setting: exit 2), for a push and for a read."""
+        if pushed_note is not None:
+            return HubUnavailableError(f"cannot {action}: HF_HUB_OFFLINE is set; unset it to push ({pushed_note}).")
+        return unavailable(repo_id, "offline mode: HF_HUB_OFFLINE is set, and not in the local cache", what=what)
+
     try:
         with quiet_hub():
             yield
     except VhtoolError:
         raise
     except OfflineModeIsEnabled:
-        if pushed_note is not None:
-            raise HubUnavailableError(
-                f"cannot {action}: HF_HUB_OFFLINE is set; unset it to push ({pushed_note})."
-            ) from None
-        raise unavailable(
-            repo_id, "offline mode: HF_HUB_OFFLINE is set, and not in the local cache", what=what
-        ) from None
+        raise offline() from None
     except GatedRepoError:
         message = f"{repo_id}: gated repo; log in (`hf auth login`) with a token that has access"
         if pushed_note is not None:
@@ -181,13 +182,7 @@ def hub_errors(
     except LocalEntryNotFoundError:
         # not in the cache, and the Hub was not asked: offline mode (a setting, 2) or unreachable (transient, 1)
         if _offline():
-            if pushed_note is not None:
-                raise HubUnavailableError(
-                    f"cannot {action}: HF_HUB_OFFLINE is set; unset it to push ({pushed_note})."
-                ) from None
-            raise unavailable(
-                repo_id, "offline mode: HF_HUB_OFFLINE is set, and not in the local cache", what=what
-            ) from None
+            raise offline() from None
         if pushed_note is not None:
             raise HubUnreachableError(f"cannot {action}: the Hub is unreachable; {pushed_note}.") from None
         raise unreachable(repo_id, "the Hub is unreachable, and it is not in the local cache", what=what) from None
