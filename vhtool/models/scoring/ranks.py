@@ -248,11 +248,17 @@ class ProcessGroup:
         import torch.distributed as dist
 
         if self.owned and dist.is_initialized():
-            # Every rank reaches this point before any tears its connections down: gloo aborts a process
-            # ("terminate called without an active exception") whose peer is destroyed mid-exchange.
+            # gloo aborts a process ("terminate called without an active exception") whose peer tears its
+            # connections down mid-exchange. A barrier alone is not enough: rank 0 may leave it while another rank
+            # is still reading its last message. So every rank also says, through the job's key-value store (not
+            # gloo), that it is out of the barrier, and none tears down before all have said so.
+            world = self.env.world_size
             try:
                 dist.barrier(group=self.group)
-            except Exception:  # a peer already gone: nothing left to wait for
+                store = dist.distributed_c10d._get_default_store()
+                store.set(f"vhtool/closing/{self.env.rank}", "1")
+                store.wait([f"vhtool/closing/{r}" for r in range(world)], timedelta(seconds=60))
+            except Exception:  # a peer already gone (or the store with it): nothing left to wait for
                 pass
             dist.destroy_process_group()
 
